@@ -1,0 +1,72 @@
+"""Reading checkpoint files with errors a user can act on."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from discovery.errors import UserError
+
+
+def read_checkpoint(path: str | Path, expected: str = "a PyTorch checkpoint") -> dict:
+    """``torch.load`` on the CPU, turning every failure mode into a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (expected {expected})")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable checkpoint, truncated or corrupt (expected {expected}; {first_line})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: holds a {type(obj).__name__}, expected {expected} (a dict)")
+    return obj
+
+
+def describe_key_mismatch(
+    missing: Iterable[str], unexpected: Iterable[str], misshaped: Iterable[tuple[str, tuple, tuple]], limit: int = 3
+) -> str:
+    parts = []
+    missing, unexpected, misshaped = list(missing), list(unexpected), list(misshaped)
+    if missing:
+        parts.append(f"{len(missing)} missing ({', '.join(missing[:limit])}{', ...' if len(missing) > limit else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:limit])}{', ...' if len(unexpected) > limit else ''})")
+    if misshaped:
+        shown = ", ".join(f"{k} {tuple(got)} vs {tuple(want)}" for k, got, want in misshaped[:limit])
+        parts.append(f"{len(misshaped)} mis-shaped ({shown}{', ...' if len(misshaped) > limit else ''})")
+    return "; ".join(parts)
+
+
+def load_state_dict_strict(
+    module: nn.Module,
+    source: str | Path | dict,
+    expected: str = "a state dict of this architecture",
+    optional_keys: Iterable[str] = (),
+    key: str | None = None,
+) -> nn.Module:
+    """Load a state dict exactly: every key present, none extra, every shape equal.
+
+    ``optional_keys`` may be absent from the file (e.g. spectral-norm ``weight_v`` vectors that
+    some published conversions drop); they keep the module's own values.
+    """
+    name = str(source) if not isinstance(source, dict) else "state dict"
+    state = read_checkpoint(source, expected) if not isinstance(source, dict) else source
+    if key is not None:
+        if key not in state:
+            raise UserError(f"{name}: has no {key!r} entry (expected {expected})")
+        state = state[key]
+    own = module.state_dict()
+    optional = set(optional_keys)
+    missing = [k for k in own if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or misshaped:
+        raise UserError(f"{name}: does not match {expected}: {describe_key_mismatch(missing, unexpected, misshaped)}")
+    module.load_state_dict({**own, **state}, strict=True)
+    return module

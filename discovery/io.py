@@ -1,0 +1,100 @@
+"""Atomic file writes and the small manifests every artefact carries."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic_replace(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    _atomic_replace(Path(path), lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    _atomic_replace(Path(path), lambda handle: handle.write(data))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def _json_default(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n", path)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, "r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def run_manifest(**extra: Any) -> dict:
+    """How an artefact was made: command line, versions, machine and time, plus the caller's fields."""
+    manifest = {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.node(),
+        "platform": platform.platform(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        from importlib.metadata import version
+
+        manifest["saliency"] = version("saliency")
+    except Exception:  # not installed as a distribution (running from a source tree)
+        manifest["saliency"] = None
+    manifest.update(extra)
+    return manifest
+
+
+def ensure_fresh_output(out: Path, resume: bool, marker: str) -> None:
+    """Refuse to mix a new run into a folder that already holds another run's results.
+
+    ``marker`` is the file a finished or interrupted run leaves (e.g. a checkpoint); with
+    ``--resume`` its presence is expected, without it its presence is an error.
+    """
+    from discovery.errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if (out / marker).exists() and not resume:
+        raise UserError(f"--out {out}: already holds a run ({marker}); pass --resume to continue it or choose another folder")

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``saliency`` command line; each module only parses and calls."""
