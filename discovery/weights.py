@@ -74,11 +74,19 @@ def resolve_weights(entry, weights: str | Path | None) -> Path | None:
         hint += f" ({source.note})"
     if not source.url:
         raise UserError(f"{entry.name}: weights not found at {target}; {hint}")
-    urls = [source.url] if not source.files else [source.url.rstrip("/") + "/" + f for f in source.files]
-    try:
-        for url, path in zip(urls, wanted):
-            if not path.exists():
-                download(url, path, source.sha256 if not source.files else None)
-    except ConnectionError as exc:
-        raise UserError(f"{entry.name}: weights not found at {target} and the download from {source.url} failed ({exc}); {hint}") from None
+    urls = [source.url] if not source.files else [_file_url(source.url, f) for f in source.files]
+    for url, path in zip(urls, wanted):
+        if path.exists():
+            continue
+        try:
+            download(url, path, source.sha256 if not source.files else None)
+        except ConnectionError as exc:
+            raise UserError(f"{entry.name}: weights not found at {target} and the download from {url} failed ({exc}); {hint}") from None
     return target
+
+
+def _file_url(url: str, filename: str) -> str:
+    """URL of one file of a folder checkpoint: ``url`` with ``{file}`` filled in, else ``url/filename``."""
+    if "{file}" in url:
+        return url.replace("{file}", filename)
+    return url.rstrip("/") + "/" + filename

@@ -1,0 +1,123 @@
+"""``saliency synthesize``: image/mask pairs from a generator's background direction."""
+
+from __future__ import annotations
+
+from saliency.commands.common import add_generator_arguments, generator_options
+
+NAME = "synthesize"
+HELP = "write synthetic image/mask pairs (WebDataset shards or PNG folders) from a background direction"
+DESCRIPTION = """\
+Shift generated images along the background direction and turn each (image, shifted image)
+into a saliency mask with one of two rules:
+  intensity  Voynov & Babenko 2020: one large shift whitens the background; foreground is where
+             the shifted image's luma stays under --threshold (0.95); kept if the mask area is
+             in (--min-area, --max-area) = (0.05, 0.5). Default shift 26 (x shift_scale/6).
+  lighting   Voynov, Morozov & Babenko 2021: shift 5 (x shift_scale/6); foreground is where the
+             shifted image got brighter; components smaller than --component-ratio of the
+             largest are dropped; kept if area < --max-area (0.5) and the shifted image's
+             histogram has at least --bimodality (2) peaks.
+Runs are deterministic per --seed and resumable (--resume); under torchrun every rank writes
+its own shards. Writes OUT/manifest.json (counts, rejection rate, settings) and OUT/preview.png.
+"""
+
+
+def _sign(value: str):
+    if value == "auto":
+        return value
+    try:
+        sign = int(value)
+    except ValueError:
+        sign = 0
+    if sign not in (1, -1):
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{value!r}: expected 1, -1 or auto")
+    return sign
+
+
+def add_arguments(parser):
+    add_generator_arguments(parser, default=None)
+    parser.add_argument("--directions", required=True, help="directions.pt written by `saliency discover`")
+    parser.add_argument("--index", default="auto", help="row of the background direction, or 'auto' (background ranking)")
+    parser.add_argument("--sign", type=_sign, default="auto",
+                        help="1 or -1: which way to shift; auto: the background ranking's sign (adapted to the rule), "
+                             "unless the other sign passes the rule clearly more often on 64 probe latents")
+    parser.add_argument("--n", type=int, default=100_000, help="pairs to write (all ranks together)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--format", choices=("shards", "png"), default="shards", help="WebDataset tar shards or PNG folders")
+    rules = parser.add_argument_group("mask rule (unset options keep the rule's paper values)")
+    rules.add_argument("--rule", choices=("intensity", "lighting"), default="lighting", help="mask rule")
+    rules.add_argument("--shift", type=float, default=None, help="latent shift (default: the rule's, scaled by the file's shift_scale / 6)")
+    rules.add_argument("--threshold", type=float, default=None, help="intensity: luma under which the shifted image is foreground (0.95)")
+    rules.add_argument("--min-area", type=float, default=None, help="reject masks covering this fraction or less (intensity 0.05, lighting 0)")
+    rules.add_argument("--max-area", type=float, default=None, help="reject masks covering this fraction or more (0.5)")
+    rules.add_argument("--component-ratio", type=float, default=None, help="lighting: keep components above this fraction of the largest (0.2)")
+    rules.add_argument("--bimodality", type=int, default=None, help="lighting: least histogram peaks of the shifted image (2; 0 disables)")
+    parser.add_argument("--batch-size", type=int, default=64, help="candidates per generator call")
+    parser.add_argument("--shard-size", type=int, default=1000, help="pairs per shard (and per resume unit)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--preview", type=int, default=16, help="pairs shown in OUT/preview.png (0: none)")
+    parser.add_argument("--workers", type=int, default=None, help="host threads for masks and PNG encoding (default: cores - 1, at most 8)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args):
+    import os
+    from pathlib import Path
+
+    from discovery.directions import Directions
+    from discovery.errors import UserError
+    from discovery.runtime import resolve_device
+    from saliency.commands.common import build_generator
+    from saliency.masks import build_rule
+    from saliency.synthesize import (
+        background_sign_of, choose_sign, rank_context, resolve_background_index, rule_sign, synthesize)
+
+    directions = Directions.load(args.directions)
+    name = args.generator or directions.generator
+    if args.generator and args.generator != directions.generator:
+        raise UserError(f"--generator {args.generator}: {args.directions} holds directions of {directions.generator!r}")
+    options = {k: v for k, v in (directions.generator_options or {}).items() if k != "weights"}
+    options.update(generator_options(args))
+    weights = args.weights
+    recorded = (directions.generator_options or {}).get("weights")
+    if weights is None and recorded and Path(recorded).exists():
+        weights = recorded
+    ctx = rank_context()
+    device = resolve_device(args.device)
+    if ctx.world_size > 1 and device.type == "cuda" and device.index is None:
+        device = resolve_device(f"cuda:{ctx.local_rank}")
+    generator = build_generator(args, device, name=name, weights=weights, options=options)
+    if generator.dim_z != directions.dim_z:
+        raise UserError(f"--directions {args.directions}: dim_z {directions.dim_z} does not match generator {name!r} (dim_z {generator.dim_z})")
+
+    rule = build_rule(args.rule, shift=args.shift, threshold=args.threshold, min_area=args.min_area,
+                      max_area=args.max_area, component_ratio=args.component_ratio, bimodality=args.bimodality)
+    extra = {"directions": {"path": os.path.abspath(args.directions)}}
+    if args.index == "auto":
+        index, dimming_sign, source = resolve_background_index(generator, directions, args.directions, seed=args.seed)
+        extra["index_choice"] = {"source": source, "index": index, "background_dimming_sign": dimming_sign}
+    else:
+        try:
+            index = int(args.index)
+        except ValueError:
+            raise UserError(f"--index {args.index!r}: expected a direction number or 'auto'") from None
+        directions.direction(index)  # range check, one-line error
+        dimming_sign = background_sign_of(directions, index)
+    sign = args.sign
+    if sign == "auto":
+        prefer = rule_sign(rule, dimming_sign) if dimming_sign else 1
+        sign, rates = choose_sign(generator, directions, index, rule, seed=args.seed, device=device, prefer=prefer)
+        extra["sign_choice"] = {"rule": args.rule, "preferred": prefer, "probe_keep_rate": rates, "sign": sign}
+    manifest = synthesize(
+        generator, directions, index, args.out, n=args.n, rule=rule, batch_size=args.batch_size,
+        format=args.format, shard_size=args.shard_size, seed=args.seed, resume=args.resume, device=device,
+        progress=args.progress, sign=sign, preview=args.preview, workers=args.workers,
+        generator_options=options, extra_manifest=extra,
+    )
+    if manifest.get("format"):
+        rate = manifest.get("rejection_rate")
+        speed = manifest.get("timing", {}).get("pairs_per_second")
+        print(f"wrote {manifest['pairs']} pairs to {args.out} (direction {index}, sign {sign:+d}, shift {manifest['shift']:g}, "
+              f"rule {manifest['rule']['name']}, rejection rate {rate:.1%}"
+              + (f", {speed:.0f} pairs/s" if speed else "") + ")")

@@ -1,0 +1,266 @@
+"""Mask rules: turn an image and its background-shifted twin into a saliency mask, or reject the pair.
+
+Two rules from the papers this package follows, each a small object whose fields are its whole
+configuration:
+
+``IntensityMaskRule`` (Voynov & Babenko, ICML 2020, section 5). One large shift along the
+background-removal direction pushes the background of ``G(z + r d)`` towards white while the
+object keeps its colours. Foreground is therefore where the *shifted* image stays dark:
+``mask = intensity(G(z + r d)) < threshold`` with intensity the luma in [0, 1]
+(threshold 0.95). A pair is kept when the mask covers a fraction of the image strictly inside
+``(min_area, max_area)`` = (0.05, 0.5): an almost empty mask means the shift whitened the
+object too, an almost full one that the background never turned white.
+
+``LightingMaskRule`` (Voynov, Morozov & Babenko, ICML 2021, BigBiGAN). A moderate shift
+(r = 5) along a direction that darkens the background and lightens the object; foreground is
+where the shifted image became brighter: ``mask = gray(G(z)) < gray(G(z + r d))``. The official
+code (``anvoynov/BigGANsAreWatching``: ``gan_mask_gen.py``, ``postprocessing.py``,
+``train_segmentation.py``) then, in this order: keeps the connected components (8-connected)
+whose area exceeds ``component_ratio`` (0.2) of the largest one; rejects masks covering
+``max_area`` (0.5) or more of the image; rejects pairs whose shifted image has a unimodal
+histogram (12 bins over [-1, 1], all channels, smoothed by a sum over 3 neighbouring bins;
+kept with at least two local maxima). One deliberate difference: the official peak count
+compares neighbours with ``>=``, so an empty bin at either end of the histogram, or a flat top
+spanning two bins, counts as a peak and a flat grey image passes; here a peak is a maximal run
+of equal, non-empty bins higher than both neighbouring runs, so a unimodal histogram is
+rejected whatever its empty tails. Empty masks are rejected too (``min_area`` = 0, strict).
+
+Both rules take shifts in the units of the directions file. ``shift=None`` means the rule's
+paper value (26 and 5) scaled by ``directions.shift_scale / 6``: the papers' directions were
+trained with shifts of up to 6 (Voynov-Babenko's default), so a file with that scale gets the
+paper values and a file whose unit step is larger or smaller gets a proportional shift.
+
+A rule runs in two stages so that a pipeline can keep the device busy: ``propose`` (on the
+device: thresholds, histograms, area checks that need no host work) and ``refine`` (on the host:
+connected components, then the area checks that must follow them). ``evaluate`` runs both;
+``rule(original, shifted)`` returns ``(masks, keep)`` as the interface promises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from discovery.errors import UserError
+
+REFERENCE_SHIFT_SCALE = 6.0  # shift scale of the directions the papers' shift values refer to
+
+# Why a candidate pair was rejected; 0 means kept. The order is the order the filters run in.
+REASONS = ("kept", "area_too_small", "area_too_large", "not_bimodal")
+KEPT, AREA_TOO_SMALL, AREA_TOO_LARGE, NOT_BIMODAL = range(len(REASONS))
+
+
+class MaskResult(NamedTuple):
+    masks: torch.Tensor  # bool (N, H, W): True on the foreground
+    keep: torch.Tensor  # bool (N,)
+    reasons: torch.Tensor  # int8 (N,): index into REASONS
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W) ITU-R 601 luma in [0, 1]."""
+    weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return ((images.float().clamp(-1, 1) + 1) * 0.5 * weights).sum(1)
+
+
+def area_reasons(area: torch.Tensor | np.ndarray, min_area: float, max_area: float):
+    """Reason codes for mask area fractions: kept only strictly inside (min_area, max_area)."""
+    if isinstance(area, torch.Tensor):
+        reasons = torch.full(area.shape, KEPT, dtype=torch.int8, device=area.device)
+    else:
+        reasons = np.full(area.shape, KEPT, dtype=np.int8)
+    reasons[area <= min_area] = AREA_TOO_SMALL
+    reasons[area >= max_area] = AREA_TOO_LARGE
+    return reasons
+
+
+def smoothed_histograms(images: torch.Tensor, bins: int = 12, window: int = 3) -> torch.Tensor:
+    """Per-image histogram of all channel values over [-1, 1], smoothed by a box sum: (N, bins)."""
+    n = images.shape[0]
+    values = images.detach().float().reshape(n, -1)
+    index = ((values.clamp(-1, 1) + 1) * (bins / 2)).long().clamp_(0, bins - 1)
+    counts = torch.zeros(n, bins, device=images.device, dtype=torch.float32)
+    counts.scatter_add_(1, index, torch.ones_like(values))
+    if window > 1:
+        kernel = torch.ones(1, 1, window, device=images.device)
+        counts = F.conv1d(counts[:, None], kernel, padding=window // 2)[:, 0]
+    return counts
+
+
+def count_peaks(histograms: np.ndarray) -> np.ndarray:
+    """Local maxima per row; a flat top (a run of equal values) counts once, empty bins never."""
+    histograms = np.asarray(histograms, dtype=np.float64)
+    peaks = np.zeros(len(histograms), dtype=np.int64)
+    for row, h in enumerate(histograms):
+        change = np.sign(np.diff(h))
+        change = change[change != 0]  # plateaus merged: only rises and falls remain
+        if change.size == 0:
+            peaks[row] = int(h.size > 0 and h[0] > 0)
+            continue
+        # A peak is a rise followed by a fall, or a fall at the very start, or a rise at the very end.
+        peaks[row] = int(np.sum((change[:-1] > 0) & (change[1:] < 0))) + int(change[0] < 0) + int(change[-1] > 0)
+    return peaks
+
+
+def connected_components_filter(mask: np.ndarray, ratio: float) -> np.ndarray:
+    """Keep the 8-connected components of one (H, W) mask larger than ``ratio`` x the largest one."""
+    import cv2
+
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 2:  # empty, or a single component: nothing to drop
+        return mask.astype(bool)
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    lookup = np.zeros(count, dtype=bool)
+    lookup[1:] = areas > ratio * areas.max()
+    return lookup[labels]
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """Base of the mask rules; subclasses set ``name`` and ``default_shift`` and implement ``propose``."""
+
+    name = "rule"
+    default_shift = 1.0
+    needs_host = False  # whether ``refine`` does work (connected components) on the host
+
+    shift: float | None = None
+
+    def for_directions(self, directions) -> "MaskRule":
+        """This rule with ``shift`` resolved for a directions file (``None`` -> scaled paper value)."""
+        if self.shift is not None:
+            return self
+        scale = float(getattr(directions, "shift_scale", REFERENCE_SHIFT_SCALE) or REFERENCE_SHIFT_SCALE)
+        return dataclasses.replace(self, shift=self.default_shift * scale / REFERENCE_SHIFT_SCALE)
+
+    def propose(self, original: torch.Tensor, shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device stage: (masks bool (N, H, W), reasons int8 (N,)) from images in [-1, 1]."""
+        raise NotImplementedError
+
+    def refine_one(self, mask: np.ndarray, reason: int) -> tuple[np.ndarray, int]:
+        """Host stage for one sample; the default keeps the device stage's verdict."""
+        return mask, reason
+
+    def refine(self, masks: np.ndarray, reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        masks, reasons = np.array(masks, dtype=bool), np.array(reasons, dtype=np.int8)
+        for i in range(len(masks)):
+            masks[i], reasons[i] = self.refine_one(masks[i], int(reasons[i]))
+        return masks, reasons
+
+    @torch.no_grad()
+    def evaluate(self, original: torch.Tensor, shifted: torch.Tensor) -> MaskResult:
+        if original.shape != shifted.shape or original.ndim != 4 or original.shape[1] != 3:
+            raise ValueError(f"expected two (N, 3, H, W) batches, got {tuple(original.shape)} and {tuple(shifted.shape)}")
+        masks, reasons = self.propose(original, shifted)
+        if self.needs_host:
+            host_masks, host_reasons = self.refine(masks.cpu().numpy(), reasons.cpu().numpy())
+            masks = torch.from_numpy(host_masks).to(original.device)
+            reasons = torch.from_numpy(host_reasons).to(original.device)
+        return MaskResult(masks, reasons == KEPT, reasons)
+
+    def __call__(self, original: torch.Tensor, shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        result = self.evaluate(original, shifted)
+        return result.masks, result.keep
+
+    def config(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class IntensityMaskRule(MaskRule):
+    """Voynov & Babenko 2020: foreground where the background-whitened image stays darker than ``threshold``."""
+
+    name = "intensity"
+    default_shift = 26.0
+
+    shift: float | None = None  # latent shift along the direction; None: 26 x shift_scale / 6
+    threshold: float = 0.95  # luma in [0, 1] under which a pixel of the shifted image is foreground
+    min_area: float = 0.05  # kept only if the mask covers more than this fraction ...
+    max_area: float = 0.5  # ... and less than this one
+
+    def propose(self, original, shifted):
+        masks = luma(shifted) < self.threshold
+        area = masks.flatten(1).float().mean(1)
+        return masks, area_reasons(area, self.min_area, self.max_area)
+
+
+@dataclass(frozen=True)
+class LightingMaskRule(MaskRule):
+    """Voynov, Morozov & Babenko 2021: foreground where the shift made the image brighter."""
+
+    name = "lighting"
+    default_shift = 5.0
+    needs_host = True
+
+    shift: float | None = None  # latent shift along the direction; None: 5 x shift_scale / 6
+    max_area: float = 0.5  # rejected if the (component-filtered) mask covers this fraction or more
+    min_area: float = 0.0  # ... or this fraction or less (0: only empty masks)
+    bimodality: int = 2  # least number of peaks in the shifted image's smoothed histogram; 0 disables
+    component_ratio: float = 0.2  # keep components larger than this fraction of the largest; 0 keeps all
+    histogram_bins: int = 12
+    histogram_window: int = 3
+
+    def propose(self, original, shifted):
+        masks = luma(original) < luma(shifted)
+        reasons = torch.zeros(len(masks), dtype=torch.int8, device=masks.device)
+        if self.bimodality > 0:
+            histograms = smoothed_histograms(shifted, self.histogram_bins, self.histogram_window)
+            peaks = torch.from_numpy(count_peaks(histograms.cpu().numpy())).to(masks.device)
+            reasons[peaks < self.bimodality] = NOT_BIMODAL
+        return masks, reasons
+
+    def refine_one(self, mask, reason):
+        if self.component_ratio > 0:
+            mask = connected_components_filter(mask, self.component_ratio)
+        area_reason = int(area_reasons(np.array([mask.mean()]), self.min_area, self.max_area)[0])
+        # The area filter runs before the histogram filter (official order), so its verdict wins.
+        return mask, area_reason if area_reason != KEPT else reason
+
+
+RULES = {"intensity": IntensityMaskRule, "lighting": LightingMaskRule}
+
+
+def build_rule(
+    name: str,
+    *,
+    shift: float | None = None,
+    threshold: float | None = None,
+    min_area: float | None = None,
+    max_area: float | None = None,
+    component_ratio: float | None = None,
+    bimodality: int | None = None,
+) -> MaskRule:
+    """A rule by name with the options a user set (None keeps the rule's default); bad values are UserErrors."""
+    if name not in RULES:
+        raise UserError(f"--rule {name!r}: unknown mask rule (known: {', '.join(RULES)})")
+    options = {"shift": shift, "threshold": threshold, "min_area": min_area, "max_area": max_area,
+               "component_ratio": component_ratio, "bimodality": bimodality}
+    fields = {f.name for f in dataclasses.fields(RULES[name])}
+    for key, value in options.items():
+        if value is not None and key not in fields:
+            raise UserError(f"--{key.replace('_', '-')}: does not apply to the {name} rule")
+    if shift is not None and not shift > 0:
+        raise UserError(f"--shift {shift}: must be positive (use --sign -1 to shift the other way)")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise UserError(f"--threshold {threshold}: must be in (0, 1] (luma of the shifted image)")
+    for key in ("min_area", "max_area"):
+        if options[key] is not None and not 0 <= options[key] <= 1:
+            raise UserError(f"--{key.replace('_', '-')} {options[key]}: must be a fraction of the image in [0, 1]")
+    if component_ratio is not None and not 0 <= component_ratio < 1:
+        raise UserError(f"--component-ratio {component_ratio}: must be in [0, 1)")
+    if bimodality is not None and bimodality < 0:
+        raise UserError(f"--bimodality {bimodality}: must be 0 (off) or a number of histogram peaks")
+    rule = RULES[name](**{k: v for k, v in options.items() if v is not None})
+    if rule.min_area >= rule.max_area:
+        raise UserError(f"--min-area {rule.min_area} / --max-area {rule.max_area}: the minimum must be below the maximum")
+    return rule
+
+
+def rule_from_config(config: dict) -> MaskRule:
+    """Inverse of ``rule.config()`` (used to read manifests)."""
+    config = dict(config)
+    return RULES[config.pop("name")](**config)

@@ -1,0 +1,637 @@
+"""Synthetic image/mask pairs from a generator and its background direction.
+
+``PairSynthesizer`` makes one batch of candidates: latents z, the images ``G(z)`` and
+``G(z + sign * r * d)`` (one generator call on the concatenated batch), and the mask rule's
+verdict. The segmenter trainer uses it directly for on-the-fly training; ``synthesize`` runs it
+in a pipeline that writes a pairs folder (see ``saliency.pairs`` for the layouts).
+
+Determinism: the latents of batch ``b`` come from a CPU random stream seeded by
+``(seed, b)`` alone, every mask rule works per sample, and the pairs a rank writes are the
+first ``quota`` kept candidates of its batches in order. A run is therefore a pure function of
+its settings (and, on GPUs, of the kernels' arithmetic), and a resume regenerates exactly the
+batches after the last committed unit, skipping the candidates that unit already holds.
+With ``torchrun`` rank r of W takes the batches b with ``b % W == r`` and writes
+``n // W`` pairs (plus one for the first ``n % W`` ranks) into its own shards; the set of pairs
+depends on W, so a resume must use the same W.
+
+Pipeline (one rank): the main thread draws latents and launches the generator and the device
+half of the mask rule for batch b, starts an asynchronous copy of the uint8 images and masks to
+pinned host memory, and only then hands batch b-1 (whose copy has finished) to a pool of
+threads that run the host half of the rule (connected components) and encode PNGs. A writer
+thread consumes the batches in order, appends kept pairs to the current shard and commits each
+full shard by renaming it into place. Bounded queues keep memory flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from discovery.errors import UserError
+from saliency.masks import KEPT, REASONS, MaskRule
+from saliency.pairs import (
+    MANIFEST,
+    PAIRS_FORMAT,
+    WRITERS,
+    committed_units,
+    encode_png,
+    open_pairs,
+    pair_key,
+    prepare_folders,
+    scan_units,
+    write_preview,
+)
+
+RUN_FILE = "run.json"
+QUEUE_DEPTH = 4  # batches in flight between the generator and the writer
+
+
+# ----------------------------------------------------------------------------- determinism
+def batch_generator(seed: int, batch_index: int) -> torch.Generator:
+    """The CPU random stream of one batch: a function of (seed, batch index) only."""
+    words = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, batch_index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(words[0]) << 31) ^ int(words[1]))
+
+
+def batch_latents(generator, seed: int, batch_index: int, batch_size: int):
+    """(z, condition) of batch ``batch_index``: what ``synthesize`` feeds the generator."""
+    stream = batch_generator(seed, batch_index)
+    z = generator.sample_latent(batch_size, stream)
+    return z, generator.sample_condition(batch_size, stream)
+
+
+def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8 on the same device (as ``discovery.images.to_uint8``)."""
+    return images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+# ----------------------------------------------------------------------------- one batch
+class PairSynthesizer:
+    """Candidate pairs from ``generator`` shifted along direction ``index`` of ``directions``.
+
+    ``rule.shift`` (resolved for the directions file when None) times ``sign`` (+1 or -1) is the
+    latent shift. ``sample(batch_size, torch_generator)`` returns, on the device,
+    ``(images uint8 (N, H, W, 3), masks bool (N, H, W), keep bool (N,))``; callers that train
+    on the fly use ``images[keep], masks[keep]``.
+    """
+
+    def __init__(self, generator, directions, index: int, rule: MaskRule, device=None, sign: float = 1.0):
+        if directions.dim_z != generator.dim_z:
+            raise UserError(
+                f"directions have dim_z {directions.dim_z} but generator {getattr(generator, 'name', '?')!r} has dim_z {generator.dim_z}"
+            )
+        if sign not in (1, -1):
+            raise UserError(f"--sign {sign}: must be 1 or -1")
+        self.device = torch.device(device) if device is not None else generator.device
+        self.generator = generator.to(self.device)
+        self.directions = directions
+        self.index = int(index)
+        self.sign = int(sign)
+        self.rule = rule.for_directions(directions)
+        self.direction = directions.direction(self.index).to(self.device)
+        self.shift = self.sign * float(self.rule.shift)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.generator.resolution)
+
+    def latents(self, batch_size: int, torch_generator: torch.Generator | None = None):
+        z = self.generator.sample_latent(batch_size, torch_generator).to(self.device)
+        return z, self.generator.sample_condition(batch_size, torch_generator)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, condition=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G(z), G(z + shift * d))`` in [-1, 1], from one generator call where the condition allows."""
+        z = z.to(self.device)
+        shifted = z + self.shift * self.direction.to(z.dtype)
+        if condition is None or isinstance(condition, torch.Tensor):
+            both_condition = None if condition is None else torch.cat([condition, condition])
+            images = self.generator(torch.cat([z, shifted]), both_condition)
+            return images[: len(z)], images[len(z) :]
+        return self.generator(z, condition), self.generator(shifted, condition)
+
+    @torch.no_grad()
+    def propose(self, z, condition=None):
+        """Device half: (images uint8 (N, H, W, 3), masks bool, reasons int8), all still on the device."""
+        original, shifted = self.generate(z, condition)
+        masks, reasons = self.rule.propose(original, shifted)
+        return images_to_uint8(original), masks, reasons
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, torch_generator: torch.Generator | None = None):
+        z, condition = self.latents(batch_size, torch_generator)
+        original, shifted = self.generate(z, condition)
+        result = self.rule.evaluate(original, shifted)
+        return images_to_uint8(original), result.masks, result.keep
+
+    def sample_batch(self, seed: int, batch_index: int, batch_size: int):
+        """``sample`` on the latents of batch ``batch_index`` of a ``synthesize`` run with ``seed``."""
+        return self.sample(batch_size, batch_generator(seed, batch_index))
+
+
+# ----------------------------------------------------------------------------- choices
+def choose_sign(generator, directions, index: int, rule: MaskRule, *, seed: int = 0, samples: int = 64,
+                batch_size: int = 32, device=None, prefer: int = 1, margin: float = 0.05) -> tuple[int, dict]:
+    """The sign whose shift passes ``rule`` more often on ``samples`` probe latents.
+
+    ``prefer`` (e.g. from the background ranking) wins unless the other sign's keep rate is
+    higher by more than ``margin``. Rules want opposite things of a background direction (the
+    intensity rule a whiter background, the lighting rule a darker background and brighter
+    object) and a wrong sign makes nearly every mask cover the background (rejected as too
+    large), so the keep rate tells the signs apart.
+    """
+    rates = {}
+    for sign in (1, -1):
+        synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
+        kept = total = 0
+        stream = torch.Generator().manual_seed(seed + 7919)  # the same probe latents for both signs
+        while total < samples:
+            keep = synthesizer.sample(min(batch_size, samples - total), stream)[2]
+            kept += int(keep.sum())
+            total += len(keep)
+        rates[sign] = kept / total
+    best = -prefer if rates[-prefer] > rates[prefer] + margin else prefer
+    return best, {"+1": rates[1], "-1": rates[-1]}
+
+
+def rule_sign(rule: MaskRule, dimming_sign: int) -> int:
+    """The shift sign a rule wants, from the sign that dims the background (discovery.background's)."""
+    return -dimming_sign if rule.name == "intensity" else dimming_sign
+
+
+def _ranking_entries(data) -> list:
+    if isinstance(data, dict):
+        for key in ("ranking", "directions", "entries"):
+            if isinstance(data.get(key), list):
+                return data[key]
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _sign_or_none(value) -> int | None:
+    try:
+        sign = int(np.sign(float(value)))
+    except (TypeError, ValueError):
+        return None
+    return sign or None
+
+
+def background_sign_of(directions, index: int) -> int | None:
+    """The background-dimming sign stored in the file for ``index`` (``stats["background_sign"]``), if any."""
+    signs = directions.stats.get("background_sign") if isinstance(directions.stats, dict) else None
+    if isinstance(signs, (list, tuple)) and len(signs) == directions.count:
+        return _sign_or_none(signs[index])
+    return None
+
+
+def resolve_background_index(generator, directions, directions_path=None, *, seed: int = 0) -> tuple[int, int | None, str]:
+    """``--index auto``: (index, background-dimming sign or None, where the choice came from).
+
+    In order: ``background_ranking.json`` beside the directions file (written by ``saliency
+    discover``), the file's ``stats["background_score"]`` (and ``"background_sign"``), and
+    scoring every direction with ``discovery.background.rank_background_directions``. The sign
+    follows ``discovery.background``: ``z + sign * r * d`` dims the background.
+    """
+    if directions_path is not None:
+        ranking_file = Path(directions_path).with_name("background_ranking.json")
+        if ranking_file.is_file():
+            try:
+                entries = _ranking_entries(json.loads(ranking_file.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                entries = []
+            if entries and isinstance(entries[0], dict) and 0 <= int(entries[0].get("index", -1)) < directions.count:
+                return int(entries[0]["index"]), _sign_or_none(entries[0].get("sign")), str(ranking_file)
+    scores = directions.stats.get("background_score") if isinstance(directions.stats, dict) else None
+    if isinstance(scores, (list, tuple)) and len(scores) == directions.count:
+        values = np.array([s if s is not None and np.isfinite(s) else -np.inf for s in scores], dtype=np.float64)
+        if np.isfinite(values).any():
+            index = int(values.argmax())
+            return index, background_sign_of(directions, index), "stats.background_score"
+    try:
+        from discovery.background import rank_background_directions
+    except ModuleNotFoundError as exc:
+        if exc.name != "discovery.background":
+            raise
+        raise UserError(
+            "--index auto: no background ranking available (no background_ranking.json beside the directions file, "
+            "no background_score in the file, no discovery.background module); pass --index I"
+        ) from None
+    entries = rank_background_directions(generator, directions, seed=seed)
+    if not entries:
+        raise UserError("--index auto: the directions file holds no directions to choose from")
+    return int(entries[0]["index"]), _sign_or_none(entries[0].get("sign")), "rank_background_directions"
+
+
+# ----------------------------------------------------------------------------- ranks
+@dataclass
+class RankContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False  # torch.distributed initialised (by us) for barriers
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+
+def rank_context(rank: int | None = None, world_size: int | None = None) -> RankContext:
+    """RANK / WORLD_SIZE / LOCAL_RANK from torchrun's environment unless given; init only when W > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    rank_value = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
+    local = int(os.environ.get("LOCAL_RANK", str(rank_value)))
+    if world < 1 or not 0 <= rank_value < world:
+        raise UserError(f"rank {rank_value} of world size {world}: not a valid torchrun layout")
+    distributed = False
+    if world > 1 and rank is None and world_size is None and "MASTER_ADDR" in os.environ:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        distributed = True
+    return RankContext(rank_value, world, local, distributed)
+
+
+def quota_of(rank: int, world: int, n: int) -> int:
+    return n // world + (1 if rank < n % world else 0)
+
+
+# ----------------------------------------------------------------------------- settings
+def _direction_digest(directions, index: int) -> str:
+    row = directions.direction(index).detach().cpu().contiguous().numpy().astype("<f4")
+    return hashlib.sha256(row.tobytes()).hexdigest()[:16]
+
+
+def _settings(synthesizer: PairSynthesizer, *, n, batch_size, storage, shard_size, seed, world, generator_options) -> dict:
+    generator = synthesizer.generator
+    settings = {
+        "generator": {**generator.describe(), "options": generator_options or {}},
+        "directions": {
+            "method": synthesizer.directions.method,
+            "generator": synthesizer.directions.generator,
+            "count": synthesizer.directions.count,
+            "index": synthesizer.index,
+            "sha256_row": _direction_digest(synthesizer.directions, synthesizer.index),
+        },
+        "sign": synthesizer.sign,
+        "shift": synthesizer.shift,
+        "rule": synthesizer.rule.config(),
+        "seed": seed,
+        "pairs": n,
+        "batch_size": batch_size,
+        "storage": storage,
+        "shard_size": shard_size,
+        "world_size": world,
+    }
+    return json.loads(json.dumps(settings))  # plain JSON types, so a stored copy compares equal
+
+
+def _first_difference(a, b, path="") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path}: {a!r} then, {b!r} now"
+
+
+# ----------------------------------------------------------------------------- pipeline
+class _Writer(threading.Thread):
+    """Consumes batches in order: keeps the first ``quota - done`` kept candidates, commits units."""
+
+    def __init__(self, unit_writer, *, quota, done, batch_size, stall_after, bar):
+        super().__init__(name="pairs-writer", daemon=True)
+        self.inbox: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.unit_writer = unit_writer
+        self.quota, self.written, self.batch_size = quota, done, batch_size
+        self.start_written = done
+        self.session_candidates = 0
+        self.stall_after = stall_after
+        self.bar = bar
+        self.finished = threading.Event()  # quota reached and the last unit committed
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                item = self.inbox.get()
+                if item is None:
+                    break
+                if self.finished.is_set() or self.error is not None:
+                    continue  # drain what the main thread queued before it saw we were done
+                self._consume(*item)
+        except BaseException as exc:  # handed to the main thread
+            self.error = exc
+            self.unit_writer.abort()
+            while self.inbox.get() is not None:  # drain so the main thread never blocks
+                pass
+
+    def _consume(self, batch_index, skip, futures):
+        for future in futures:
+            for position, reason, image_png, mask_png in future.result():
+                if position < skip or self.finished.is_set():
+                    continue
+                self.session_candidates += 1
+                if reason == KEPT:
+                    self.unit_writer.add(pair_key(batch_index * self.batch_size + position), image_png, mask_png)
+                    self.written += 1
+                    if self.bar is not None:
+                        self.bar.update(1)
+                    if self.written >= self.quota:
+                        self.unit_writer.finish()
+                        self.finished.set()
+                else:
+                    self.unit_writer.reject(REASONS[reason])
+        if self.written == 0 and self.session_candidates >= self.stall_after:
+            raise UserError(
+                f"no candidate passed the mask rule in the first {self.session_candidates}: check --index, --sign, "
+                "--shift and the rule's thresholds (a preview of raw shifts: `saliency discover` charts)"
+            )
+
+
+def _finish_chunk(rule: MaskRule, images: np.ndarray, masks: np.ndarray, reasons: np.ndarray, lo: int, hi: int, skip: int):
+    """Host half for candidates [lo, hi) of a batch: connected components, area checks, PNG encoding."""
+    out = []
+    for position in range(max(lo, skip), hi):
+        mask, reason = masks[position], int(reasons[position])
+        if rule.needs_host:
+            mask, reason = rule.refine_one(mask, reason)
+        if reason == KEPT:
+            out.append((position, reason, encode_png(images[position]), encode_png(mask.astype(np.uint8) * 255)))
+        else:
+            out.append((position, reason, None, None))
+    return out
+
+
+def _to_host(device_tensors, device: torch.device):
+    """Start copying device tensors to the host; returns (host tensors, event or None)."""
+    if device.type != "cuda":
+        return [t.cpu() for t in device_tensors], None
+    host = []
+    for tensor in device_tensors:
+        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        pinned.copy_(tensor, non_blocking=True)
+        host.append(pinned)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _run_rank(synthesizer, unit_writer, *, ctx, quota, done, start_step, skip, batch_size, seed, workers, progress, on_batch):
+    """Generate this rank's batches from ``start_step`` until the writer has ``quota`` pairs."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=quota, initial=done, unit="pair", desc=f"synthesize r{ctx.rank}", disable=not progress, leave=False)
+    writer = _Writer(unit_writer, quota=quota, done=done, batch_size=batch_size,
+                     stall_after=max(2000, 20 * batch_size), bar=bar)
+    writer.start()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairs-encode")
+    chunk = max(4, -(-batch_size // (2 * workers)))
+    rule = synthesizer.rule
+
+    def hand_off(pending):
+        batch_index, batch_skip, host, event = pending
+        if event is not None:
+            event.synchronize()
+        images, masks, reasons = (t.numpy() for t in host)
+        futures = [pool.submit(_finish_chunk, rule, images, masks, reasons, lo, min(lo + chunk, batch_size), batch_skip)
+                   for lo in range(0, batch_size, chunk) if min(lo + chunk, batch_size) > batch_skip]
+        while True:  # bounded put that notices a failed writer
+            if writer.error is not None:
+                raise writer.error
+            try:
+                writer.inbox.put((batch_index, batch_skip, futures), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    pending = None
+    step = start_step
+    try:
+        while not writer.finished.is_set():
+            if writer.error is not None:
+                raise writer.error
+            batch_index = ctx.rank + step * ctx.world_size
+            z, condition = batch_latents(synthesizer.generator, seed, batch_index, batch_size)
+            device_tensors = synthesizer.propose(z, condition)
+            host, event = _to_host(device_tensors, synthesizer.device)
+            if pending is not None:
+                hand_off(pending)
+            pending = (batch_index, skip, host, event)
+            skip = 0
+            step += 1
+            if on_batch is not None:
+                on_batch(batch_index)
+        pending = None  # quota reached: the batch in flight is not needed
+    finally:
+        # On success, or on an error here (KeyboardInterrupt too): the writer takes what was handed
+        # over, commits the full units among it and drops the partial one. A writer error wins.
+        if pending is not None and writer.error is None:
+            try:
+                hand_off(pending)
+            except BaseException:
+                pass
+        writer.inbox.put(None)
+        writer.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        if not writer.finished.is_set():
+            unit_writer.abort()
+    if writer.error is not None:
+        raise writer.error
+    return writer.written - writer.start_written, writer.session_candidates
+
+
+# ----------------------------------------------------------------------------- finish
+def _done_path(out_dir: Path, rank: int) -> Path:
+    return out_dir / "progress" / f"rank-{rank:02d}.done.json"
+
+
+def _merge_manifest(out_dir: Path, settings: dict, extra: dict, preview: int) -> dict:
+    from discovery.io import read_json, run_manifest, write_json
+
+    world = settings["world_size"]
+    storage = settings["storage"]
+    shards, by_rank = [], []
+    candidates, rejected = 0, {reason: 0 for reason in REASONS[1:]}
+    seconds, session_pairs = 0.0, 0
+    for rank in range(world):
+        units = committed_units(out_dir, rank, storage)
+        rank_pairs = sum(unit["pairs"] for unit in units)
+        rank_candidates = sum(unit["candidates"] for unit in units)
+        done = read_json(_done_path(out_dir, rank)) if _done_path(out_dir, rank).is_file() else {}
+        by_rank.append({"rank": rank, "pairs": rank_pairs, "candidates": rank_candidates, "units": len(units),
+                        "session_seconds": done.get("seconds"), "session_pairs": done.get("session_pairs")})
+        candidates += rank_candidates
+        for unit in units:
+            for reason, count in unit["rejected"].items():
+                rejected[reason] = rejected.get(reason, 0) + count
+            if storage == "shards":
+                shards.append({"file": unit["file"], "pairs": unit["pairs"], "first_key": unit["first_key"], "last_key": unit["last_key"]})
+        seconds = max(seconds, done.get("seconds") or 0.0)
+        session_pairs += done.get("session_pairs") or 0
+    pairs = sum(entry["pairs"] for entry in by_rank)
+    manifest = {
+        "format": PAIRS_FORMAT,
+        "storage": storage,
+        "pairs": pairs,
+        "resolution": settings["generator"]["resolution"],
+        "generator": settings["generator"],
+        "directions": {**settings["directions"], **extra.get("directions", {})},
+        "sign": settings["sign"],
+        "shift": settings["shift"],
+        "rule": settings["rule"],
+        "seed": settings["seed"],
+        "batch_size": settings["batch_size"],
+        "shard_size": settings["shard_size"],
+        "world_size": world,
+        "counts": {"pairs": pairs, "candidates": candidates, "rejected": rejected, "by_rank": by_rank},
+        "rejection_rate": (1 - pairs / candidates) if candidates else None,
+        "timing": {"last_session_seconds": seconds, "last_session_pairs": session_pairs,
+                   "pairs_per_second": session_pairs / seconds if seconds else None},
+        **{k: v for k, v in extra.items() if k != "directions"},
+    }
+    if storage == "shards":
+        manifest["shards"] = shards
+    manifest["run"] = run_manifest()
+    write_json(manifest, out_dir / MANIFEST)
+    if preview > 0:
+        dataset = open_pairs(out_dir)
+        if write_preview(dataset, out_dir / "preview.png", count=preview) is not None:
+            manifest["preview"] = "preview.png"
+            write_json(manifest, out_dir / MANIFEST)
+        dataset.close()
+    return manifest
+
+
+def synthesize(
+    generator,                        # a LatentGenerator (or wrapped module) on any device
+    directions,                       # discovery.directions.Directions of this generator
+    index: int,                       # row of the background direction
+    out_dir,                          # folder for shards/ or images/ + masks/, manifest.json, preview.png
+    *,
+    n: int,                           # pairs to write (all ranks together)
+    rule: MaskRule,                   # IntensityMaskRule or LightingMaskRule (shift None: scaled paper value)
+    batch_size: int = 64,             # candidates per generator call (each call generates 2 x batch_size images)
+    format: str = "shards",           # "shards" (WebDataset tar files) or "png" (folders)
+    shard_size: int = 1000,           # pairs per shard (per progress unit for PNG folders)
+    seed: int = 0,                    # the latents of batch b depend on (seed, b) only
+    resume: bool = False,             # continue an interrupted run in out_dir (same settings)
+    device=None,                      # default: the generator's device (cuda:LOCAL_RANK under torchrun)
+    progress: bool = True,            # progress bar on stderr
+    sign: int = 1,                    # +1 or -1: which way to shift along the direction
+    preview: int = 16,                # pairs shown in preview.png (0: none)
+    workers: int | None = None,       # host threads for connected components and PNG encoding
+    generator_options: dict | None = None,  # recorded in the manifest (classes, truncation, ...)
+    extra_manifest: dict | None = None,     # more fields for the manifest (directions path, sign choice, ...)
+    rank: int | None = None,          # override torchrun's RANK (tests, manual launches)
+    world_size: int | None = None,    # override torchrun's WORLD_SIZE
+    on_batch=None,                    # callback(batch_index) after each batch is launched (tests, progress hooks)
+) -> dict:
+    """Write ``n`` image/mask pairs to ``out_dir``; returns the manifest (or this rank's summary)."""
+    # Check the request.
+    if format not in WRITERS:
+        raise UserError(f"--format {format!r}: expected one of {', '.join(WRITERS)}")
+    for name, value in (("--n", n), ("--batch-size", batch_size), ("--shard-size", shard_size)):
+        if int(value) < 1:
+            raise UserError(f"{name} {value}: must be at least 1")
+    if preview < 0:
+        raise UserError(f"--preview {preview}: must be 0 (none) or a number of pairs")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a folder")
+    ctx = rank_context(rank, world_size)
+    if device is None:
+        device = generator.device
+    device = torch.device(device)
+    if ctx.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ctx.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
+    settings = _settings(synthesizer, n=n, batch_size=batch_size, storage=format, shard_size=shard_size,
+                         seed=seed, world=ctx.world_size, generator_options=generator_options)
+    extra = dict(extra_manifest or {})
+
+    # Fresh folder or resume.
+    run_file = out_dir / RUN_FILE
+    if run_file.is_file():
+        if not resume:
+            raise UserError(f"--out {out_dir}: already holds a synthesis run ({RUN_FILE}); pass --resume to continue it or choose another folder")
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{run_file}: unreadable; remove the folder or choose another --out") from None
+        difference = _first_difference(previous, settings)
+        if difference:
+            raise UserError(f"--resume {out_dir}: the run was made with other settings ({difference})")
+        if (out_dir / MANIFEST).is_file():
+            from discovery.io import read_json
+
+            return read_json(out_dir / MANIFEST)  # already complete
+    ctx.barrier()
+    if ctx.rank == 0 and not run_file.is_file():
+        from discovery.io import run_manifest, write_json
+
+        prepare_folders(out_dir, format)
+        write_json({"settings": settings, "run": run_manifest()}, run_file)
+    ctx.barrier()
+    prepare_folders(out_dir, format)
+
+    # Where this rank stands.
+    world, this_rank = ctx.world_size, ctx.rank
+    units = scan_units(out_dir, this_rank, format,
+                       key_belongs=lambda key: (int(key) // batch_size) % world == this_rank)
+    quota = quota_of(this_rank, world, n)
+    done = sum(unit["pairs"] for unit in units)
+    start_step, skip = 0, 0
+    if units:
+        last = int(units[-1]["last_key"])
+        batch_index, position = divmod(last, batch_size)
+        start_step, skip = (batch_index - this_rank) // world, position + 1
+        if skip == batch_size:
+            start_step, skip = start_step + 1, 0
+
+    # Generate.
+    started = time.perf_counter()
+    session_pairs = session_candidates = 0
+    if done < quota:
+        unit_writer = WRITERS[format](out_dir, this_rank, shard_size, first_unit=len(units), reasons=REASONS)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            # The generator and the host threads share the cores: give each its own, or OpenMP's
+            # barriers stall every generator op while an encoder thread holds a core.
+            workers = workers or max(1, cores // 4)
+            torch.set_num_threads(max(1, min(threads, cores - workers)))
+        else:
+            workers = workers or max(1, min(8, cores - 1))
+        try:
+            session_pairs, session_candidates = _run_rank(
+                synthesizer, unit_writer, ctx=ctx, quota=quota, done=done, start_step=start_step, skip=skip,
+                batch_size=batch_size, seed=seed, workers=workers, progress=progress and this_rank == 0, on_batch=on_batch)
+        finally:
+            torch.set_num_threads(threads)
+    seconds = time.perf_counter() - started
+    from discovery.io import write_json
+
+    write_json({"rank": this_rank, "pairs": quota, "seconds": seconds, "session_pairs": session_pairs,
+                "session_candidates": session_candidates}, _done_path(out_dir, this_rank))
+
+    # Merge: rank 0 after a barrier, or (launched without torch.distributed) whichever rank finds all done.
+    ctx.barrier()
+    all_done = all(_done_path(out_dir, r).is_file() for r in range(world))
+    if (ctx.distributed and this_rank == 0) or (not ctx.distributed and all_done):
+        return _merge_manifest(out_dir, settings, extra, preview)
+    return {"rank": this_rank, "pairs": quota, "session_pairs": session_pairs, "seconds": seconds, "complete": False}

@@ -1,0 +1,694 @@
+"""Train the UNet segmenter on synthetic image/mask pairs (Voynov & Babenko 2020, section 5;
+Voynov, Morozov & Babenko 2021).
+
+Pairs come from a folder written by ``saliency synthesize`` (PNG or shards, read with
+``saliency.pairs.open_pairs``) or are drawn on the fly from a ``PairSynthesizer`` without
+touching the disk. The defaults are the papers' (BigBiGAN code base): UNet at 128 px, Adam 1e-3
+decayed by 0.2 every 8000 steps, 12000 steps of about 96 pairs (about 1.2M pairs seen), 1000
+held-out pairs. Everything is a keyword argument so that a CPU demo can run at 64 px for minutes.
+
+Resuming: ``checkpoint.pt`` holds the model, optimiser, scheduler, AMP scaler, step, RNG states
+and the data stream's state. The folder stream is a pure function of (seed, step): sample
+position p of the global stream is item ``perm_epoch[p % n]`` with augmentation seed f(seed, p),
+so a resumed run on the CPU continues bit for bit, and the stream is the same for any number of
+DDP processes (each takes its slice of every global batch, as DistributedSampler would).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from discovery.errors import UserError
+
+CHECKPOINT = "checkpoint.pt"
+# Changing any of these changes what the network or the data stream is; a resume must keep them.
+_RESUME_FIXED = ("encoder", "encoder_depth", "decoder_channels", "image_size", "batch_size", "source", "augment", "crop_scale")
+
+
+def train_segmenter(
+    out_dir,                                  # run folder: checkpoint.pt, stats, segmenter.pt, summary.json
+    *,
+    data=None,                                # pairs folder from `saliency synthesize` (or a Dataset of (image, mask) with .keys)
+    synthesizer=None,                         # or a PairSynthesizer: pairs drawn on the fly, nothing written
+    steps: int = 12_000,                      # optimiser steps (papers: 12000)
+    batch_size: int = 96,                     # pairs per step summed over DDP processes (papers: 95)
+    lr: float = 1e-3,                         # Adam learning rate (papers)
+    lr_decay: float = 0.2,                    # learning-rate factor every lr_decay_every steps (papers)
+    lr_decay_every: int = 8_000,              # 0: constant learning rate
+    dice_weight: float = 0.0,                 # soft-dice term added to BCE-with-logits (0: BCE only, as the papers)
+    image_size: int = 128,                    # square training crops (papers: 128); multiple of 2**encoder_depth
+    encoder: str = "resnet18",                # smp encoder name, or "tu-<timm model>"
+    encoder_weights: str | None = None,       # None: random init (offline); "imagenet" needs a download
+    encoder_depth: int = 5,                   # UNet levels; inputs are padded to multiples of 2**depth
+    decoder_channels=None,                    # one width per level; None: smp's (256, 128, 64, 32, 16)[:depth]
+    augment: bool = True,                     # random resized crop, horizontal flip, colour jitter (mask follows)
+    crop_scale=(0.5, 1.0),                    # area range of the random resized crop
+    val_fraction: float = 0.01,               # share of a pairs folder held out (by key hash), at most val_pairs
+    val_pairs: int = 1000,                    # held-out pairs: the cap for a folder, the count drawn on the fly (papers: 1000)
+    val_every: int = 1000,                    # steps between validations (papers: 1000)
+    log_every: int = 100,                     # steps between training-loss rows
+    checkpoint_every: int = 1000,             # steps between atomic checkpoints (papers: 1000)
+    resume: bool = False,                     # continue out_dir/checkpoint.pt (fresh start when there is none)
+    seed: int = 0,                            # model init, data order, augmentation, on-the-fly latents
+    device=None,                              # None/"auto": CUDA when present; under torchrun: cuda:LOCAL_RANK
+    amp: bool = True,                         # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
+    workers: int = 4,                         # data-loader processes for a pairs folder (0: in the main process)
+    progress: bool = True,                    # progress bar
+) -> dict:
+    from discovery.io import ensure_fresh_output
+    from discovery.runtime import resolve_device
+    from saliency.segmenter import build_segmenter, default_decoder_channels, segmenter_config
+
+    # ---- Check options (before anything is written: bad input leaves no folder behind)
+    out = Path(out_dir)
+    if (data is None) == (synthesizer is None):
+        raise UserError("give either a pairs folder (--data) or an on-the-fly synthesizer (--on-the-fly), not both or neither")
+    for name, value, low in (("--steps", steps, 1), ("--batch-size", batch_size, 1), ("--image-size", image_size, 8),
+                             ("--val-every", val_every, 1), ("--log-every", log_every, 1), ("--checkpoint-every", checkpoint_every, 1),
+                             ("--val-pairs", val_pairs, 1), ("--workers", workers, 0)):
+        if int(value) != value or value < low:
+            raise UserError(f"{name} {value}: must be an integer >= {low}")
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction {val_fraction}: must be in (0, 1)")
+    if lr <= 0 or not 0 < lr_decay <= 1 or lr_decay_every < 0 or dice_weight < 0:
+        raise UserError("--lr must be > 0, --lr-decay in (0, 1], --lr-decay-every >= 0 and --dice-weight >= 0")
+    crop_scale = tuple(float(s) for s in crop_scale)
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise UserError(f"--crop-scale {crop_scale}: expected two numbers 0 < low <= high <= 1")
+    if image_size % (2 ** encoder_depth):
+        raise UserError(f"--image-size {image_size}: must be a multiple of {2 ** encoder_depth} (2**encoder depth) for the UNet")
+    decoder_channels = tuple(decoder_channels or default_decoder_channels(encoder_depth))
+    ensure_fresh_output(out, resume, CHECKPOINT)
+
+    # ---- Processes and device (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK)
+    world, rank, local_rank, own_group = _init_distributed(device)
+    if world > 1 and torch.cuda.is_available() and device in (None, "auto", "cuda"):
+        device = torch.device("cuda", local_rank)
+    else:
+        device = resolve_device(device) if not isinstance(device, torch.device) else device
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size}: must be divisible by the number of processes ({world})")
+    rank_batch = batch_size // world
+    lead = rank == 0
+    say = print if lead else (lambda *a, **k: None)
+    use_amp = bool(amp) and device.type == "cuda"
+
+    # ---- Load training data
+    say("Loading training data...")
+    transform_train = build_transform(image_size, augment, crop_scale)
+    transform_val = build_transform(image_size, False, crop_scale)
+    if data is not None:
+        pairs, source = _open_pairs(data)
+        train_idx, val_idx = split_by_key(pairs.keys, val_fraction, val_pairs)
+        stream = _FolderStream(pairs, train_idx, transform_train, seed=seed, batch_size=batch_size, rank=rank,
+                               rank_batch=rank_batch, workers=workers, pin=device.type == "cuda")
+        val_images, val_masks = (_prepare_folder_val(pairs, val_idx, transform_val) if lead else (None, None))
+        say(f"  {source}: {len(pairs)} pairs, {len(train_idx)} for training, {len(val_idx)} held out (by key)")
+    else:
+        source = f"on-the-fly: {_describe(synthesizer)}"
+        stream = _SynthStream(synthesizer, transform_train, seed=seed, rank=rank, rank_batch=rank_batch)
+        val_images, val_masks = (_prepare_synth_val(synthesizer, transform_val, seed, val_pairs, rank_batch) if lead else (None, None))
+        say(f"  {source}; {val_pairs} held-out pairs drawn with a separate seed")
+
+    # ---- Construct network
+    say("Constructing network...")
+    from discovery.runtime import seed_everything
+
+    seed_everything(seed)
+    model = build_segmenter(encoder, encoder_weights, encoder_depth=encoder_depth, decoder_channels=decoder_channels).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_decay_every or 10**12, gamma=lr_decay)
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    config = segmenter_config(
+        encoder, encoder_weights, encoder_depth, decoder_channels, image_size,
+        source="folder" if data is not None else "on-the-fly", data=str(data) if isinstance(data, (str, Path)) else source,
+        steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_decay_every=lr_decay_every, dice_weight=dice_weight,
+        augment=bool(augment), crop_scale=list(crop_scale), val_fraction=val_fraction, val_pairs=val_pairs, seed=seed,
+        amp=bool(amp), world_size=world,
+    )
+    say(f"  UNet {encoder} (depth {encoder_depth}, {'random init' if encoder_weights is None else encoder_weights}), "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, on {device}"
+        f"{f' x {world} processes' if world > 1 else ''}{', AMP ' + str(amp_dtype).split('.')[-1] if use_amp else ''}")
+
+    # ---- Resume
+    start_step = 0
+    checkpoint_path = out / CHECKPOINT
+    if resume and checkpoint_path.is_file():
+        say(f"Resuming from {checkpoint_path}...")
+        state = _read_training_checkpoint(checkpoint_path, config)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        stream.load_state_dict(state["data"], world)
+        _set_rng(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        say(f"  at step {start_step} of {steps}")
+    elif resume:
+        say(f"Resuming: no {CHECKPOINT} in {out} yet, starting fresh")
+    stream.start(start_step)
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---- Initialise logs
+    from discovery.stats import StatsLogger
+
+    logger = None
+    if lead:
+        say("Initialising logs...")
+        out.mkdir(parents=True, exist_ok=True)
+        logger = StatsLogger(out, resume_step=start_step if start_step else None)
+
+    # ---- Train
+    say(f"Training for {steps - start_step} steps ({(steps - start_step) * batch_size} pairs)...")
+    from discovery.runtime import autocast
+
+    def checkpoint(step: int) -> None:
+        data_states = _gather(stream.state_dict(), world)
+        rng_states = _gather(_get_rng(), world)
+        if lead:
+            from discovery.io import atomic_torch_save
+
+            atomic_torch_save({
+                "format": "saliency.segmenter-training/1", "step": step, "config": config,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_states, "data": data_states,
+            }, checkpoint_path)
+
+    def validate(step: int) -> dict:
+        metrics, preview = evaluate_pairs(model, val_images, val_masks, device, batch_size=max(rank_batch, 16), amp_dtype=amp_dtype)
+        logger.log(step, **{f"val/{k}": v for k, v in metrics.items()})
+        _write_preview(preview, out / "val_predictions.png")
+        return metrics
+
+    metrics = {}
+    if lead and start_step == 0:
+        metrics = validate(0)
+    _barrier(world)
+    bar = _progress_bar(steps, start_step, progress and lead)
+    window_loss, window_count, timed_images, timed_seconds = 0.0, 0, 0, 0.0
+    step = start_step
+    tick = time.perf_counter()
+    train_model.train()
+    while step < steps:
+        images, masks = stream.next()
+        x = _to_input(images, device)
+        y = masks.to(device, non_blocking=True).float().unsqueeze(1)
+        with autocast(device, use_amp, amp_dtype):
+            logits = train_model(x)
+        loss = segmentation_loss(logits.float(), y, dice_weight)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        window_loss += loss.detach()  # no device sync per step
+        window_count += 1
+        bar.update(1)
+        if step % log_every == 0 or step == steps:
+            now = time.perf_counter()
+            timed_images += window_count * batch_size
+            timed_seconds += now - tick
+            mean_loss = _mean_across(float(window_loss) / window_count, world, device)
+            if lead:
+                logger.log(step, **{"train/loss": mean_loss, "train/lr": optimizer.param_groups[0]["lr"],
+                                    "train/images_per_s": window_count * batch_size / max(now - tick, 1e-9)})
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+            window_loss, window_count = 0.0, 0
+            tick = time.perf_counter()
+        validating = step % val_every == 0 or step == steps
+        if lead and validating:
+            train_model.eval()
+            metrics = validate(step)
+            train_model.train()
+            bar.write(f"step {step}: val iou {metrics['iou']:.4f}  accuracy {metrics['accuracy']:.4f}  mae {metrics['mae']:.4f}  loss {metrics['loss']:.4f}")
+            tick = time.perf_counter()
+        if step % checkpoint_every == 0 or step == steps:
+            checkpoint(step)
+        if validating:
+            _barrier(world)  # the other processes wait while rank 0 validates
+    bar.close()
+    stream.close()
+
+    # ---- Export
+    summary: dict = {}
+    if lead:
+        say("Exporting segmenter.pt...")
+        from discovery.io import run_manifest, write_json
+        from saliency.segmenter import save_segmenter
+
+        if not metrics:  # resumed a finished run: measure again rather than report nothing
+            metrics = validate(step)
+        manifest = run_manifest(step=step, seed=seed, source=source, pairs_seen=step * batch_size)
+        save_segmenter(model, config, out / "segmenter.pt", manifest=manifest)
+        history = [{k.split("/", 1)[-1] if k != "step" else k: v for k, v in row.items()}
+                   for row in logger.rows if "val/iou" in row]
+        summary = {
+            "segmenter": str(out / "segmenter.pt"),
+            "val_predictions": str(out / "val_predictions.png"),
+            "step": step,
+            "pairs_seen": step * batch_size,
+            "source": source,
+            "train_pairs": stream.size,
+            "val_pairs": int(len(val_images)),
+            "val": metrics,
+            "val_history": history,
+            "images_per_s": timed_images / timed_seconds if timed_seconds else None,
+            "device": str(device),
+            "world_size": world,
+            "config": config,
+            "manifest": manifest,
+        }
+        write_json(summary, out / "summary.json")
+        logger.close()
+        say(f"  val iou {metrics['iou']:.4f}, accuracy {metrics['accuracy']:.4f}, mae {metrics['mae']:.4f} -> {out / 'segmenter.pt'}")
+    _barrier(world)
+    if own_group:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return summary
+
+
+# ----------------------------------------------------------------------------- loss and metrics
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.0) -> torch.Tensor:
+    """BCE with logits, plus ``dice_weight`` times the soft-dice loss of the batch."""
+    loss = F.binary_cross_entropy_with_logits(logits, target)
+    if dice_weight:
+        prob = torch.sigmoid(logits).flatten(1)
+        target = target.flatten(1)
+        dice = 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
+        loss = loss + dice_weight * dice.mean()
+    return loss
+
+
+@torch.no_grad()
+def evaluate_pairs(model, images: torch.Tensor, masks: torch.Tensor, device, batch_size: int = 32, amp_dtype=None,
+                   preview: int = 8) -> tuple[dict, tuple]:
+    """Per-image IoU and accuracy at 0.5, mean absolute error and BCE, averaged over held-out pairs.
+
+    IoU of an empty prediction on an empty mask is 1. Returns (metrics, preview arrays)."""
+    from discovery.runtime import autocast
+
+    was_training = model.training
+    model.eval()
+    sums = {"iou": 0.0, "accuracy": 0.0, "mae": 0.0, "loss": 0.0}
+    shown = None
+    for start in range(0, len(images), batch_size):
+        x = _to_input(images[start : start + batch_size], device)
+        y = masks[start : start + batch_size].to(device).float().unsqueeze(1)
+        with autocast(device, amp_dtype is not None, amp_dtype):
+            logits = model(x)
+        logits = logits.float()
+        prob = torch.sigmoid(logits)
+        hard = prob >= 0.5
+        truth = y >= 0.5
+        inter = (hard & truth).flatten(1).sum(1).float()
+        union = (hard | truth).flatten(1).sum(1).float()
+        sums["iou"] += torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).sum().item()
+        sums["accuracy"] += (hard == truth).flatten(1).float().mean(1).sum().item()
+        sums["mae"] += (prob - y).abs().flatten(1).mean(1).sum().item()
+        sums["loss"] += F.binary_cross_entropy_with_logits(logits, y, reduction="none").flatten(1).mean(1).sum().item()
+        if shown is None:
+            shown = prob[:preview, 0].cpu()
+    model.train(was_training)
+    n = max(len(images), 1)
+    metrics = {k: v / n for k, v in sums.items()}
+    k = len(shown)
+    return metrics, (images[:k].numpy(), masks[:k].numpy(), shown.numpy())
+
+
+def _write_preview(preview, path: Path, min_tile: int = 96) -> None:
+    """Three rows: held-out images, their synthetic masks, the segmenter's predictions."""
+    from discovery.images import make_grid, save_png
+
+    images, masks, preds = preview
+    masks_rgb = np.repeat((masks * 255).astype(np.uint8)[..., None], 3, axis=3)
+    preds_rgb = np.repeat(np.round(preds * 255).astype(np.uint8)[..., None], 3, axis=3)
+    tiles = np.concatenate([images, masks_rgb, preds_rgb])
+    zoom = -(-min_tile // tiles.shape[1])  # small training crops are enlarged (nearest) to be seen
+    if zoom > 1:
+        tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    save_png(make_grid(tiles, rows=3, cols=len(images)), path)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_transform(image_size: int, augment: bool, crop_scale=(0.5, 1.0)):
+    """Pairs-aware albumentations pipeline: geometric ops move the mask with nearest interpolation.
+
+    Only horizontal flips: salient objects stand on the ground, upside-down scenes teach nothing."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
+    import albumentations as A
+    import cv2
+
+    size = (int(image_size), int(image_size))
+    if augment:
+        ops = [
+            A.RandomResizedCrop(size=size, scale=tuple(crop_scale), ratio=(3 / 4, 4 / 3), interpolation=cv2.INTER_LINEAR,
+                                mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.8),
+        ]
+    else:
+        ops = [A.Resize(*size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
+    return A.Compose(ops, seed=0)
+
+
+def _sample_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def apply_transform(transform, image, mask, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented pair, determined by ``seed`` alone (whichever worker process runs it)."""
+    from saliency.segmenter import as_rgb
+
+    transform.set_random_seed(int(seed))
+    result = transform(image=as_rgb(np.asarray(image)), mask=(np.asarray(mask) > 0).astype(np.uint8))
+    return np.array(result["image"], dtype=np.uint8, order="C"), np.array(result["mask"], dtype=np.uint8, order="C")  # own, writable copies
+
+
+def _to_input(images: torch.Tensor, device) -> torch.Tensor:
+    from saliency.segmenter import normalize  # the same convention Segmenter.predict uses
+
+    x = normalize(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x
+
+
+def _key_rank(key) -> str:
+    return hashlib.sha1(str(key).encode("utf-8")).hexdigest()
+
+
+def split_by_key(keys, val_fraction: float, val_pairs: int) -> tuple[list[int], list[int]]:
+    """Deterministic held-out split: the pairs whose key hashes lowest, round(fraction * n) of
+    them (at least 1, at most ``val_pairs``). Independent of the seed, so runs compare."""
+    keys = list(keys)
+    n = len(keys)
+    count = min(max(1, round(val_fraction * n)), val_pairs)
+    if n - count < 1:
+        raise UserError(f"only {n} pairs: too few to hold {count} out for validation and train on the rest")
+    order = sorted(range(n), key=lambda i: _key_rank(keys[i]))
+    val = sorted(order[:count])
+    held = set(val)
+    return [i for i in range(n) if i not in held], val
+
+
+def _open_pairs(data):
+    """A path goes through saliency.pairs.open_pairs; a Dataset with .keys is used as is."""
+    if not isinstance(data, (str, Path)):
+        if not hasattr(data, "keys") or not hasattr(data, "__getitem__"):
+            raise UserError("data: expected a pairs folder or a Dataset of (image, mask) pairs with .keys")
+        if len(data) == 0:
+            raise UserError("data: the pairs dataset is empty")
+        return data, f"{type(data).__name__}"
+    folder = Path(data)
+    if not folder.is_dir():
+        raise UserError(f"--data {folder}: folder not found (expected pairs written by `saliency synthesize`)")
+    from saliency.pairs import open_pairs
+
+    pairs = open_pairs(folder)
+    if len(pairs) == 0:
+        raise UserError(f"--data {folder}: holds no pairs (expected images/ + masks/ or shards/ from `saliency synthesize`)")
+    return pairs, str(folder)
+
+
+def _stack(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs])))
+
+
+def _prepare_folder_val(pairs, indices, transform):
+    return _stack([apply_transform(transform, *pairs[i], seed=0) for i in indices])
+
+
+class _StreamSampler(torch.utils.data.Sampler):
+    """Endless (index, augmentation seed) stream of one process, from ``start_step`` on.
+
+    Global sample position p = step * batch_size + rank * rank_batch + j; epoch e = p // n is
+    a permutation seeded by (seed, e)."""
+
+    def __init__(self, n: int, seed: int, batch_size: int, rank: int, rank_batch: int, start_step: int = 0):
+        self.n, self.seed, self.batch_size, self.rank, self.rank_batch = n, seed, batch_size, rank, rank_batch
+        self.start_step = start_step
+
+    def __iter__(self):
+        epoch_now, perm = -1, None
+        step = self.start_step
+        while True:
+            base = step * self.batch_size + self.rank * self.rank_batch
+            for j in range(self.rank_batch):
+                position = base + j
+                epoch, i = divmod(position, self.n)
+                if epoch != epoch_now:
+                    perm, epoch_now = np.random.default_rng([self.seed, epoch]).permutation(self.n), epoch
+                yield int(perm[i]), _sample_seed(self.seed, 1, position)
+            step += 1
+
+
+class _AugmentedPairs(torch.utils.data.Dataset):
+    def __init__(self, pairs, indices, transform):
+        self.pairs, self.indices, self.transform = pairs, list(indices), transform
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        index, seed = item
+        image, mask = apply_transform(self.transform, *self.pairs[self.indices[index]], seed=seed)
+        return torch.from_numpy(image), torch.from_numpy(mask)
+
+
+class _FolderStream:
+    """Batches of augmented training pairs from a pairs folder; the state is the step."""
+
+    def __init__(self, pairs, indices, transform, *, seed, batch_size, rank, rank_batch, workers, pin):
+        self.dataset = _AugmentedPairs(pairs, indices, transform)
+        self.size = len(indices)
+        self.seed, self.batch_size, self.rank, self.rank_batch = seed, batch_size, rank, rank_batch
+        self.workers, self.pin = workers, pin
+        self.step = 0
+        self._iterator = None
+        self._loader = None
+
+    def start(self, step: int) -> None:
+        self.step = step
+        sampler = _StreamSampler(self.size, self.seed, self.batch_size, self.rank, self.rank_batch, step)
+        self._loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.rank_batch, sampler=sampler, num_workers=self.workers, pin_memory=self.pin,
+            drop_last=True, generator=torch.Generator().manual_seed(self.seed),  # never touch the global RNG
+            persistent_workers=False, prefetch_factor=4 if self.workers else None,
+        )
+        self._iterator = iter(self._loader)
+
+    def next(self):
+        self.step += 1
+        return next(self._iterator)
+
+    def state_dict(self) -> dict:
+        return {"kind": "folder", "step": self.step, "position": self.step * self.batch_size, "epoch": self.step * self.batch_size // self.size}
+
+    def load_state_dict(self, states: list, world: int) -> None:
+        pass  # a pure function of the step, restored by start(step)
+
+    def close(self) -> None:
+        self._iterator = None  # shuts down the worker processes
+        self._loader = None
+
+
+def _describe(synthesizer) -> str:
+    parts = [type(synthesizer).__name__]
+    generator = getattr(synthesizer, "generator", None)
+    if getattr(generator, "name", None):
+        parts.append(f"generator={generator.name}")
+    for name in ("index", "sign", "shift"):
+        value = getattr(synthesizer, name, None)
+        if isinstance(value, (int, float)):
+            parts.append(f"{name}={value:g}")
+    rule = getattr(synthesizer, "rule", None)
+    if rule is not None:
+        parts.append(f"rule={getattr(rule, 'name', type(rule).__name__)}")
+    return " ".join(parts)
+
+
+def _draw_kept(synthesizer, generator: torch.Generator, count: int, chunk: int, buffer=None):
+    """Draw until ``count`` kept pairs are available; returns (images, masks) CPU uint8 tensors and the rest."""
+    images, masks = ([buffer[0]], [buffer[1]]) if buffer is not None else ([], [])
+    have = sum(len(i) for i in images)
+    empty_draws = 0
+    while have < count:
+        batch_images, batch_masks, keep = synthesizer.sample(chunk, generator)
+        keep = torch.as_tensor(keep, dtype=torch.bool).cpu()
+        if keep.any():
+            images.append(torch.as_tensor(batch_images).cpu()[keep].to(torch.uint8))
+            masks.append(torch.as_tensor(batch_masks).cpu()[keep].to(torch.uint8))
+            have += int(keep.sum())
+            empty_draws = 0
+        else:
+            empty_draws += 1
+            if empty_draws >= 50:
+                raise UserError(f"the mask rule kept none of {50 * chunk} synthetic pairs in a row: check --index and the rule options")
+    images, masks = torch.cat(images), torch.cat(masks)
+    return images[:count], masks[:count], (images[count:], masks[count:])
+
+
+class _SynthStream:
+    """Batches of augmented pairs drawn on the fly; the state is the latent RNG and unused kept pairs."""
+
+    def __init__(self, synthesizer, transform, *, seed, rank, rank_batch):
+        self.synthesizer, self.transform = synthesizer, transform
+        self.seed, self.rank, self.rank_batch = seed, rank, rank_batch
+        self.generator = torch.Generator().manual_seed(_sample_seed(seed, 2, rank))
+        self.buffer = None
+        self.emitted = 0  # pairs handed out by this process: the augmentation seed counter
+        self.size = None
+
+    def start(self, step: int) -> None:
+        pass
+
+    def next(self):
+        images, masks, self.buffer = _draw_kept(self.synthesizer, self.generator, self.rank_batch, self.rank_batch, self.buffer)
+        out = []
+        for image, mask in zip(images.numpy(), masks.numpy()):
+            out.append(apply_transform(self.transform, image, mask, _sample_seed(self.seed, 3, self.rank, self.emitted)))
+            self.emitted += 1
+        return _stack(out)
+
+    def state_dict(self) -> dict:
+        return {"kind": "on-the-fly", "generator": self.generator.get_state(), "emitted": self.emitted,
+                "buffer_images": self.buffer[0] if self.buffer else None, "buffer_masks": self.buffer[1] if self.buffer else None}
+
+    def load_state_dict(self, states: list, world: int) -> None:
+        if len(states) != world:
+            raise UserError(f"--resume: the checkpoint was written by {len(states)} processes, this run has {world}; on-the-fly streams cannot be re-split")
+        state = states[self.rank]
+        self.generator.set_state(state["generator"])
+        self.emitted = int(state["emitted"])
+        self.buffer = (state["buffer_images"], state["buffer_masks"]) if state["buffer_images"] is not None else None
+
+    def close(self) -> None:
+        pass
+
+
+def _prepare_synth_val(synthesizer, transform, seed: int, count: int, chunk: int):
+    generator = torch.Generator().manual_seed(_sample_seed(seed, 4))  # never overlaps the training latents' stream
+    images, masks, _ = _draw_kept(synthesizer, generator, count, max(chunk, 16))
+    return _stack([apply_transform(transform, i, m, seed=0) for i, m in zip(images.numpy(), masks.numpy())])
+
+
+# ----------------------------------------------------------------------------- checkpoints, RNG, processes
+
+
+def _get_rng() -> dict:
+    """RNG states in plain tensors and tuples, so checkpoints load with weights_only=True."""
+    from discovery.runtime import rng_state
+
+    state = rng_state()
+    name, keys, position, has_gauss, cached = state["numpy"]
+    state["numpy"] = (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss), float(cached))
+    return state
+
+
+def _set_rng(state: dict) -> None:
+    from discovery.runtime import set_rng_state
+
+    state = dict(state)
+    name, keys, position, has_gauss, cached = state["numpy"]
+    state["numpy"] = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
+    set_rng_state(state)
+
+
+def _read_training_checkpoint(path: Path, config: dict) -> dict:
+    from discovery.checkpoints import read_checkpoint
+
+    state = read_checkpoint(path, "a train-segmenter checkpoint.pt")
+    if state.get("format") != "saliency.segmenter-training/1":
+        raise UserError(f"{path}: not a train-segmenter checkpoint (format {state.get('format')!r})")
+    saved = state.get("config", {})
+    for key in _RESUME_FIXED:
+        if saved.get(key) != config.get(key):
+            raise UserError(f"--resume: {path} was trained with {key}={saved.get(key)!r}, this run asks for {config.get(key)!r}")
+    return state
+
+
+def _init_distributed(device) -> tuple[int, int, int, bool]:
+    """(world size, rank, local rank, whether we created the process group)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0, 0, False
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    created = False
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and str(device or "auto").split(":")[0] in ("auto", "cuda", "None")
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        created = True
+    return dist.get_world_size(), dist.get_rank(), local_rank, created
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _gather(obj, world: int) -> list:
+    if world <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _mean_across(value: float, world: int, device) -> float:
+    if world <= 1:
+        return value
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], device=device, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.item() / world
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def write(self, text):
+        print(text)
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train-segmenter", unit="step", dynamic_ncols=True)
