@@ -47,21 +47,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(function, device: torch.device, repeats: int, warmup: int) -> float:
-    """Median seconds of one call."""
+def timed(function, device: torch.device, repeats: int, warmup: int, clock: str) -> float:
+    """Median seconds of one call, by the wall clock or by this process's CPU time.
+
+    CPU time (with --threads 1) is the honest measure on a CPU shared with other jobs: the
+    wall clock then counts the time other processes hold the core.
+    """
+    now = time.process_time if clock == "cpu" else time.perf_counter
     for _ in range(warmup):
         function()
     synchronize(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         function()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times)
 
 
-def measure(name: str, device: torch.device, batch_size: int, repeats: int, warmup: int, amp: bool) -> dict:
+def measure(name: str, device: torch.device, batch_size: int, repeats: int, warmup: int, amp: bool, clock: str) -> dict:
     generator = create_generator(name, device=device)
     K = generator.dim_z
     config = _config(generator, K, 10**9, batch_size, 6.0, 0.5, "linear", True, "auto", None, 1e-4, 1.0, 0.25, 0, 1024, 10**9, 10**9)
@@ -88,13 +93,14 @@ def measure(name: str, device: torch.device, batch_size: int, repeats: int, warm
         trainer.reconstructor_opt.step()
         trainer.reconstructor_opt.zero_grad(set_to_none=True)
 
-    floor_s = timed(floor, device, repeats, warmup)
-    reconstructor_s = timed(reconstructor, device, repeats, warmup)
-    step_s = timed(trainer.train_step, device, repeats, warmup)
+    floor_s = timed(floor, device, repeats, warmup, clock)
+    reconstructor_s = timed(reconstructor, device, repeats, warmup, clock)
+    step_s = timed(trainer.train_step, device, repeats, warmup, clock)
     return {
         "generator": name,
         "device": str(device),
         "batch_size": batch_size,
+        "clock": clock,
         "amp": trainer.amp,
         "amp_dtype": str(trainer.amp_dtype) if trainer.amp else None,
         "reconstructor": type(trainer.reconstructor).__name__,
@@ -141,15 +147,15 @@ def update_markdown(path: Path, rows: list[dict], tag: str, info: dict) -> None:
         "# Discovery speed (Voynov-Babenko training step vs generator floor)\n\n"
         "Floor = G(z) + G(z + shift) + one backward through the shifted call; step = the whole training step.\n"
         f"Target: step <= {TARGET} x floor. Written by `benchmarks/discovery_speed.py`; details in `discovery_speed-<machine>.json`.\n\n"
-        "| machine | generator | device | batch | reconstructor | floor ms | reconstructor ms | step ms | steps/s | step/floor |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| machine | generator | device | batch | clock | reconstructor | floor ms | reconstructor ms | step ms | steps/s | step/floor |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     kept = []
     if path.exists():
         kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("| ") and not line.startswith(f"| {tag} |")]
         kept = [line for line in kept if not line.startswith("| machine |")]
     new = [
-        f"| {tag} | {r['generator']} | {r['device']}{' ' + r['amp_dtype'].replace('torch.', '') if r['amp'] else ''} | {r['batch_size']} | "
+        f"| {tag} | {r['generator']} | {r['device']}{' ' + r['amp_dtype'].replace('torch.', '') if r['amp'] else ''} | {r['batch_size']} | {r['clock']} | "
         f"{r['reconstructor']} | {r['floor_ms']:.2f} | {r['reconstructor_ms']:.2f} | {r['step_ms']:.2f} | {r['steps_per_second']:.1f} | {r['ratio']:.2f} |"
         for r in rows
     ]
@@ -165,6 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time (for CPUs shared with other jobs; use --threads 1)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     args = parser.parse_args(argv)
 
@@ -183,7 +190,7 @@ def main(argv=None) -> int:
     print(f"{'generator':12s} {'device':8s} {'floor ms':>9s} {'recon ms':>9s} {'step ms':>9s} {'steps/s':>8s} {'ratio':>6s}")
     for device in devices:
         for name in names:
-            row = measure(name, device, args.batch_size, args.repeats, args.warmup, amp=not args.no_amp)
+            row = measure(name, device, args.batch_size, args.repeats, args.warmup, amp=not args.no_amp, clock=args.clock if device.type == "cpu" else "wall")
             rows.append(row)
             print(f"{name:12s} {str(device):8s} {row['floor_ms']:9.2f} {row['reconstructor_ms']:9.2f} {row['step_ms']:9.2f} "
                   f"{row['steps_per_second']:8.1f} {row['ratio']:6.2f}{'' if row['within_target'] else '  (above target)'}", flush=True)  # fmt: skip

@@ -15,7 +15,7 @@ which equals the MSE Hessian at z' = z (the distance's gradient vanishes there).
 
     python benchmarks/hessian_speed.py [--dim-z 128] [--resolutions 64 32 16] [--threads N] [--repeats 3] [--out FILE]
 
-Writes ``benchmarks/results/hessian_speed-<device>.json`` and prints a summary table.
+Writes ``benchmarks/results/hessian_speed-<device>.json`` and ``.md`` and prints a summary.
 """
 
 from __future__ import annotations
@@ -126,6 +126,32 @@ def time_one(args, resolution: int, device: torch.device) -> dict:
     }
 
 
+def markdown(report: dict) -> str:
+    """The result as a table, beside the JSON."""
+    m = report["machine"]
+    lines = [
+        "# Hessian speed: batched forward-over-reverse HVPs vs a loop of backward passes",
+        "",
+        f"{report['task']}. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch thread(s), "
+        f"torch {m['torch']}, device {m['device']}; load average before the run {m.get('load_average_before')}. "
+        f"{report['repeats']} interleaved repetitions after a warm-up, best reported; vmap chunk {report['batch_size']}.",
+        "",
+        "| image size | batched fwd-over-rev (s) | backward loop (s) | speedup (wall) | speedup (CPU time) | forward Jacobian J^T J (s) | its speedup | max rel. diff to loop |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in report["runs"]:
+        best = run["best_wall_seconds"]
+        diff = max(run["relative_difference_to_loop"].values())
+        lines.append(
+            f"| {run['generator']['resolution']} px | {best['batched_forward_over_reverse']:.3f} | {best['backward_loop']:.3f} | "
+            f"{run['speedup_batched_vs_loop']:.1f}x | {run['cpu_time_speedup_batched_vs_loop']:.1f}x | "
+            f"{best['forward_jacobian_gauss_newton']:.3f} | {run['speedup_forward_jacobian_vs_loop']:.1f}x | {diff:.1e} |"
+        )
+    lines += ["", f"Target 10x at {report['headline_resolution']} px: {'met' if report['target_met'] else 'not met'} "
+              f"({report['speedup_batched_vs_loop']:.1f}x). Recorded {report['created']} with `{report['command']}`.", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dim-z", type=int, default=128, help="latent size")
@@ -164,6 +190,7 @@ def main(argv=None) -> dict:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"hessian_speed-{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
 
     print(f"{report['task']}; {report['machine']['cpu']}, {torch.get_num_threads()} thread(s), {device}")
     for run in runs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -126,6 +127,12 @@ def measure(name: str, *, pairs: int, batch_size: int, device: torch.device, sto
             shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(bound_threads)  # the generator's best setting, as for the bound
+    try:
+        stages = stage_costs(synthesizer, batch_size)
+    finally:
+        torch.set_num_threads(threads)
     bound, rate = sorted(bounds)[len(bounds) // 2], sorted(rates)[len(rates) // 2]
     kept_share = 1 - runs[0]["rejection_rate"]
     return {
@@ -146,16 +153,64 @@ def measure(name: str, *, pairs: int, batch_size: int, device: torch.device, sto
         "runs": runs,
         "bounds": bounds,
         "bound_torch_threads": bound_threads,
+        "stage_ms_per_candidate": stages,
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "pipeline_torch_threads_and_workers": "cores - workers, workers = cores // 4 (CPU); see saliency.synthesize",
     }
 
 
+def stage_costs(synthesizer: PairSynthesizer, batch_size: int) -> dict:
+    """Milliseconds of one thread per candidate for each stage (device work timed with a sync).
+
+    Where no core is spare (a CPU-only or overloaded machine) the pipeline can reach at most
+    generator / (generator + rule + host) of the bound.
+    """
+    from saliency.masks import REASONS
+    from saliency.pairs import ShardWriter
+    from saliency.synthesize import _finish_chunk, batch_latents
+
+    device = synthesizer.device
+    z, condition = batch_latents(synthesizer.generator, 0, 0, batch_size)
+    z = z.to(device)
+
+    def timed(function, repeats=5):
+        function()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            result = function()
+        synchronize(device)
+        return (time.perf_counter() - start) / repeats / batch_size * 1e3, result
+
+    generate, _ = timed(lambda: synthesizer.generate(z, condition))
+    propose, tensors = timed(lambda: synthesizer.propose(z, condition))
+    images, masks, reasons = (t.cpu().numpy() for t in tensors)
+    host, results = timed(lambda: _finish_chunk(synthesizer.rule, images, masks, reasons, 0, batch_size, 0))
+    scratch = Path(tempfile.mkdtemp(prefix="synthesis-stage-"))
+    try:
+        writer = ShardWriter(scratch, 0, 10**9, reasons=REASONS)
+        counter = iter(range(10**9))
+
+        def write():
+            for _, reason, image_png, mask_png in results:
+                if reason == 0:
+                    writer.add(f"{next(counter):08d}", image_png, mask_png)
+
+        write_ms, _ = timed(write)
+        writer.finish()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    costs = {"generator": generate, "mask_rule_device": propose - generate, "host_masks_and_png": host, "tar_writing": write_ms}
+    costs["zero_spare_core_ratio_limit"] = generate / (propose + host + write_ms)
+    return costs
+
+
 def machine() -> dict:
-    import os
 
     info = run_manifest()
     info.update({"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                 "torch_threads": torch.get_num_threads()})
+                 "torch_threads": torch.get_num_threads(),
+                 "load_average_1_5_15min": os.getloadavg() if hasattr(os, "getloadavg") else None})
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
             if line.startswith("model name"):
@@ -209,12 +264,13 @@ def main(argv=None) -> int:
         f"GPU: {report['machine']['cuda_device'] or 'none'}; torch {report['machine']['torch']}; {report['machine']['created']}.",
         "Rates count candidate pairs (two generator images each); the bound is the generator calls alone.",
         "",
-        "| generator | px | device | batch | bound cand./s | pipeline cand./s | ratio | kept pairs/s | rejected |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| generator | px | device | batch | bound cand./s | pipeline cand./s | ratio | no-spare-core limit | kept pairs/s | rejected | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(f"| {r['generator']} | {r['resolution']} | {r['device']} | {r['batch_size']} | {r['bound_candidates_per_s']:.1f} | "
-                     f"{r['pipeline_candidates_per_s']:.1f} | {r['ratio_to_bound']:.3f} | {r['kept_pairs_per_s']:.1f} | {r['rejection_rate']:.1%} |")
+                     f"{r['pipeline_candidates_per_s']:.1f} | {r['ratio_to_bound']:.3f} | {r['stage_ms_per_candidate']['zero_spare_core_ratio_limit']:.2f} | "
+                     f"{r['kept_pairs_per_s']:.1f} | {r['rejection_rate']:.1%} | {r['load_average_1min']:.1f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(json.dumps({"written": str(out.with_suffix('.json'))}))
     return 0

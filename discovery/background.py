@@ -284,8 +284,9 @@ def _summary_entry(entry: dict) -> dict:
 
 def write_background_report(generator, directions: Directions, ranking: list[dict], out_dir, *, top: int = 5, samples: int = 6,
                             seed: int = 1) -> dict:
-    """``background_ranking.json`` (the ranked list) and ``background_candidates.png``: for the
-    ``top`` candidates, rows of original / dimmed (z + sign s d) / brightened / object mask."""
+    """``background_ranking.json`` (the ranked list) and ``background_candidates.png``: one row per
+    candidate (the ``top`` best), per latent the original, dimmed (z + sign s d), brightened
+    (z - sign s d) image and the object mask."""
     from discovery.closed_form import _slice_condition
     from discovery.hessian import _generate, _generator_dtype
     from discovery.images import make_grid, save_png, to_uint8
@@ -300,7 +301,7 @@ def write_background_report(generator, directions: Directions, ranking: list[dic
         "best_sign": ranking[0]["sign"] if ranking else None,
         "ranking": [_summary_entry(entry) for entry in ranking],
         "files": {"json": "background_ranking.json", "chart": "background_candidates.png"},
-        "chart_layout": "per candidate, one row per latent: original | z + sign*shift*d (background dimmed) | z - sign*shift*d | object mask",
+        "chart_layout": "one row per candidate, best first; per latent four tiles: original | z + sign*shift*d (background dimmed) | z - sign*shift*d | object mask",
     }
     device, dtype = generator.device, _generator_dtype(generator)
     rng = torch.Generator().manual_seed(seed)
@@ -320,7 +321,10 @@ def write_background_report(generator, directions: Directions, ranking: list[dic
             for i in range(samples):
                 tiles.extend(x[i] for x in row)
     if tiles:
-        grid = make_grid(to_uint8(torch.stack(tiles)), rows=len(tiles) // 4, cols=4)
-        save_png(grid, out_dir / "background_candidates.png")
+        array = to_uint8(torch.stack(tiles))
+        if array.shape[1] < 64:  # small generators: enlarge the tiles so the chart is readable
+            factor = math.ceil(64 / array.shape[1])
+            array = array.repeat(factor, axis=1).repeat(factor, axis=2)
+        save_png(make_grid(array, rows=len(tiles) // (4 * samples), cols=4 * samples), out_dir / "background_candidates.png")
     write_json(report, out_dir / "background_ranking.json")
     return report

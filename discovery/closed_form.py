@@ -16,10 +16,12 @@ the weight that multiply z are used (BigGAN-deep's ``gen_z`` also consumes the c
 embedding). The procedural test generator has no modules: its latent-to-feature map is its
 factor basis (``factors(z) = z @ basis[:5].T``), so SeFa returns an orthonormal basis of the
 factor subspace (its five singular values are equal, so SeFa cannot order the factors
-within it). GANSpace's default layer is the output of the first activation module (ReLU,
-LeakyReLU, ...) after that latent layer - the "early activation" - or the latent layer's
-output when no activation follows, or the generator's images when there are no layers
-(the procedural generator). ``layer="latent"`` runs PCA on the sampled latents themselves
+within it). GANSpace's default layer (unless the generator names one as ``ganspace_layer``)
+is an early activation: after the first module that takes z, the output of the first
+activation module (ReLU, LeakyReLU, ...), or - for generators that apply activations as
+functions, like BigGAN - of the next linear/convolution layer, whose output is a function of
+that first nonlinearity; the generator's images when there are no layers (the procedural
+generator). ``layer="latent"`` runs PCA on the sampled latents themselves
 (meaningful only for latent distributions that are not isotropic), ``layer="output"`` on
 the images, and any other string names a module (``dict(generator.named_modules())``).
 """
@@ -242,25 +244,35 @@ def discover_sefa(generator, *, top_k: int | None = None, normalize: bool = True
 # GANSpace
 
 
+def _is_layer(module: nn.Module) -> bool:
+    """A linear or convolution layer, the package's own (spectral-norm) variants included."""
+    name = type(module).__name__
+    return isinstance(module, _WEIGHTED) or "Linear" in name or "Conv" in name
+
+
 def _default_ganspace_layer(generator) -> str:
-    """Name of the early activation GANSpace uses when the caller names none."""
+    """Name of the early activation GANSpace uses when the caller names none.
+
+    The generator's ``ganspace_layer`` attribute; else, after the first module that takes z,
+    the first activation module, or (for generators that apply activations as functions)
+    the first linear/convolution layer that does not take z - its output is a function of
+    the first nonlinearity; else that first module itself; else the images ("output")."""
     declared = getattr(generator, "ganspace_layer", None)
     if declared:
         return declared
     if not any(True for _ in generator.modules() if _ is not generator):
         return "output"
-    try:
-        latent = find_latent_layer(generator)
-    except UserError:
-        return "output"
-    if latent.call_index is None:
-        return "output"
     z, condition = _probe_latents(generator)
     calls = _trace_calls(generator, z, condition)
-    for name, module, _, _ in calls[latent.call_index + 1 :]:
-        if isinstance(module, _ACTIVATIONS):
+    takes_z = [x is not None and _find_offset(x, z) is not None for _, _, x, _ in calls]
+    if True not in takes_z:
+        first_activation = next((name for name, module, _, _ in calls if isinstance(module, _ACTIVATIONS)), None)
+        return first_activation or "output"
+    start = takes_z.index(True)
+    for (name, module, _, _), consumes in zip(calls[start + 1 :], takes_z[start + 1 :], strict=True):
+        if isinstance(module, _ACTIVATIONS) or (not consumes and _is_layer(module)):
             return name
-    return latent.name
+    return calls[start][0]
 
 
 def _collect_features(generator, layer: str, latents: torch.Tensor, conditions, batch_size: int) -> torch.Tensor:

@@ -225,6 +225,8 @@ def train_gan(
     lr_d: float = 2e-4,  # Adam learning rate of D
     betas: tuple = (0.5, 0.999),  # Adam betas of both
     diffaugment: str = "color,translation,cutout",  # DiffAugment policy applied to real and fake before D
+    d_norm: str = "spectral",  # discriminator normalisation: "spectral" (SNGAN) or "batch" (DCGAN)
+    loss: str = "hinge",  # "hinge" or "nonsaturating" (logistic, as DCGAN and StyleGAN)
     ema: float = 0.999,  # decay of the generator's moving average (ramped up over the first steps)
     log_every: int = 20,  # steps between rows of stats.jsonl
     checkpoint_every: int = 200,  # steps between snapshots (and generator.pt refreshes)
@@ -253,6 +255,10 @@ def train_gan(
     for name, value in (("lr_g", lr_g), ("lr_d", lr_d)):
         if not value > 0:
             raise UserError(f"--{name.replace('_', '-')} {value}: must be positive")
+    if d_norm not in ("spectral", "batch"):
+        raise UserError(f"d_norm {d_norm!r}: expected 'spectral' or 'batch'")
+    if loss not in ("hinge", "nonsaturating"):
+        raise UserError(f"loss {loss!r}: expected 'hinge' or 'nonsaturating'")
     if crop not in ("random", "center"):
         raise UserError(f"crop {crop!r}: expected 'random' or 'center'")
     if resolution not in (32, 64, 128):
@@ -263,7 +269,7 @@ def train_gan(
         "images_dir": str(images_dir), "list_file": str(list_file) if list_file is not None else None,
         "resolution": resolution, "dim_z": dim_z, "width": width, "crop": crop, "steps": steps,
         "batch_size": batch_size, "lr_g": lr_g, "lr_d": lr_d, "betas": list(betas), "diffaugment": diffaugment,
-        "ema": ema, "loss": "hinge", "seed": seed,
+        "ema": ema, "loss": loss, "d_norm": d_norm, "seed": seed,
     }  # fmt: skip
 
     say("Loading training set...")
@@ -279,7 +285,7 @@ def train_gan(
     say("Constructing networks...")
     seed_everything(seed)
     G = HorseGenerator(dim_z=dim_z, width=width, resolution=resolution).to(device)
-    D = HorseDiscriminator(width=width, resolution=resolution).to(device)
+    D = HorseDiscriminator(width=width, resolution=resolution, norm=d_norm).to(device)
     G_ema = HorseGenerator(dim_z=dim_z, width=width, resolution=resolution).to(device).eval().requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=tuple(betas))
@@ -296,8 +302,8 @@ def train_gan(
         if state.get("format") != SNAPSHOT_FORMAT:
             raise UserError(f"{out / SNAPSHOT_NAME}: not a {SNAPSHOT_FORMAT} training snapshot")
         old = state.get("config", {})
-        for key in ("resolution", "dim_z", "width"):
-            if old.get(key) != config[key]:
+        for key in ("resolution", "dim_z", "width", "d_norm", "loss"):
+            if old.get(key, {"d_norm": "spectral", "loss": "hinge"}.get(key)) != config[key]:
                 raise UserError(f"--resume: the snapshot was made with {key}={old.get(key)}, this run asks for {config[key]}")
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
@@ -346,7 +352,7 @@ def train_gan(
     t0 = time.perf_counter()
     step = start_step
     while step < steps:
-        # Discriminator: hinge loss on augmented reals and augmented fakes.
+        # Discriminator: real vs fake, both augmented the same way (DiffAugment).
         real = sample_real_batch(images, batch_size, resolution, crop).to(device)
         z = torch.randn(batch_size, dim_z).to(device)
         with torch.no_grad():
@@ -354,16 +360,20 @@ def train_gan(
         D.requires_grad_(True)
         d_real = D(diff_augment(real, policy))
         d_fake = D(diff_augment(fake, policy))
-        loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        if loss == "hinge":
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        else:
+            loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
 
-        # Generator: non-saturating hinge objective through the same augmentation.
+        # Generator: fool D through the same augmentation (-D for hinge, softplus(-D) otherwise).
         D.requires_grad_(False)
         z = torch.randn(batch_size, dim_z).to(device)
         fake = G(z)
-        loss_g = -D(diff_augment(fake, policy)).mean()
+        g_score = D(diff_augment(fake, policy))
+        loss_g = -g_score.mean() if loss == "hinge" else F.softplus(-g_score).mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

@@ -21,7 +21,7 @@ How H is computed here:
 
 Distances (``distance=``): ``"mse"`` (mean squared pixel difference of the images in
 [-1, 1]), ``"feature"`` (mean squared difference of the outputs of a network the caller
-passes as ``feature_net``; it receives images in [-1, 1]), ``"lpips"`` (the LPIPS package,
+passes as ``feature_net``, or a TorchScript / pickled module file; it receives images in [-1, 1]), ``"lpips"`` (the LPIPS package,
 when installed and its backbone weights are on disk), or any callable ``D(reference, images)``
 returning a scalar.
 
@@ -86,11 +86,32 @@ def make_distance(distance="mse", feature_net: nn.Module | None = None, *, lpips
     if distance == "mse":
         return _mse
     if distance == "feature":
+        if isinstance(feature_net, (str, Path)):
+            feature_net = load_feature_net(feature_net)
         if feature_net is None:
             raise UserError("--distance feature needs a feature network (feature_net: an nn.Module mapping images in [-1, 1] to features)")
         feature_net = feature_net.eval()
         return _FeatureDistance(feature_net)
     return _lpips_distance(lpips_net)
+
+
+def load_feature_net(path) -> nn.Module:
+    """A feature network from a file: TorchScript (``torch.jit.save``) or a pickled ``nn.Module``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--feature-net {path}: file not found (expected a TorchScript or pickled nn.Module)")
+    try:
+        net = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # not a pickle: try TorchScript
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                net = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise UserError(f"--feature-net {path}: not a readable TorchScript or pickled module ({type(exc).__name__})") from None
+    if not isinstance(net, nn.Module):
+        raise UserError(f"--feature-net {path}: holds a {type(net).__name__}, not an nn.Module")
+    return net
 
 
 def _mse(reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -113,7 +134,7 @@ def _feature_mse(a, b) -> torch.Tensor:
     if isinstance(a, dict):
         return sum(_feature_mse(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return sum(_feature_mse(x, y) for x, y in zip(a, b))
+        return sum(_feature_mse(x, y) for x, y in zip(a, b, strict=True))
     raise UserError(f"the feature network returned {type(a).__name__}; expected a tensor or a tuple/list/dict of tensors")
 
 
@@ -199,7 +220,9 @@ def hessian_vector_products(f: Callable, z: torch.Tensor, vectors: torch.Tensor,
         return jvp(grad(f), (z,), (v,))[1]
 
     vectors = vectors.to(z.device, z.dtype)
-    with _quiet():
+    # no_grad outside the transforms: nothing records a graph for parameters that require grad
+    # (a user's feature network), while grad/jvp inside still differentiate with respect to z.
+    with _quiet(), torch.no_grad():
         return vmap(hvp, chunk_size=max(1, int(batch_size)))(vectors)
 
 
@@ -238,7 +261,9 @@ def lanczos_top_eigenpairs(matvec: Callable[[np.ndarray], np.ndarray], dim: int,
     try:
         values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=v0, maxiter=maxiter)
     except ArpackNoConvergence as exc:
-        warnings.warn(f"Lanczos: only {len(exc.eigenvalues)} of {k} eigenpairs converged")
+        if len(exc.eigenvalues) == 0:
+            raise UserError(f"Lanczos found none of the top {k} eigenpairs; use the exact Hessian (--exact) or fewer directions") from None
+        warnings.warn(f"Lanczos: only {len(exc.eigenvalues)} of {k} eigenpairs converged", stacklevel=2)
         values, vectors = exc.eigenvalues, exc.eigenvectors
     order = np.argsort(values)[::-1]
     return values[order], vectors[:, order].T.copy()
@@ -262,7 +287,7 @@ def _single_hvp(f, z):
     from torch.func import grad, jvp
 
     def hvp(v):
-        with _quiet():
+        with _quiet(), torch.no_grad():
             return jvp(grad(f), (z,), (v,))[1]
 
     return hvp

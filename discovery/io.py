@@ -70,7 +70,7 @@ def run_manifest(**extra: Any) -> dict:
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "machine": platform.node(),
         "platform": platform.platform(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

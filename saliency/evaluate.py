@@ -177,7 +177,7 @@ def _call_with_short_side(predict: Callable, short_side: int | None) -> Callable
     return predict
 
 
-def _as_map(pred, image_shape, stem: str) -> np.ndarray:
+def _as_map(pred, stem: str) -> np.ndarray:
     pred = np.asarray(pred)
     if pred.ndim == 3 and pred.shape[2] == 1:
         pred = pred[:, :, 0]
@@ -221,7 +221,7 @@ def evaluate_predictor(
         for index, sample in enumerate(_progress(dataset, len(dataset), f"evaluate {name}", progress)):
             image = read_rgb(sample.image_path)
             t0 = time.perf_counter()
-            pred = _as_map(call(image), image.shape, sample.stem)
+            pred = _as_map(call(image), sample.stem)
             predict_seconds += time.perf_counter() - t0
             gt = read_mask(sample.mask_path)
             pred = fit_to(pred, gt.shape)
@@ -243,7 +243,7 @@ def evaluate_predictor(
         def grid_prediction(sample):
             image = read_rgb(sample.image_path)
             gt_shape = read_mask(sample.mask_path).shape
-            return fit_to(_as_map(call(image), image.shape, sample.stem), gt_shape)
+            return fit_to(_as_map(call(image), sample.stem), gt_shape)
 
         config = {"short_side": short_side, "normalize": normalize, "workers": workers}
         timing = {"seconds": metric_seconds, "predict_seconds": predict_seconds, "images_per_second": len(dataset) / max(metric_seconds, 1e-9)}

@@ -26,9 +26,10 @@ of equal, non-empty bins higher than both neighbouring runs, so a unimodal histo
 rejected whatever its empty tails. Empty masks are rejected too (``min_area`` = 0, strict).
 
 Both rules take shifts in the units of the directions file. ``shift=None`` means the rule's
-paper value (26 and 5) scaled by ``directions.shift_scale / 6``: the papers' directions were
-trained with shifts of up to 6 (Voynov-Babenko's default), so a file with that scale gets the
-paper values and a file whose unit step is larger or smaller gets a proportional shift.
+paper value (26 and 5) scaled by the direction's typical shift / 6 (``stats["shift_scales"]``
+entry, else the file's ``shift_scale``): the papers' directions were trained with shifts of up
+to 6 (Voynov-Babenko's default), so a file with that scale gets the paper values and a file
+whose unit step is larger or smaller gets a proportional shift.
 
 A rule runs in two stages so that a pipeline can keep the device busy: ``propose`` (on the
 device: thresholds, histograms, area checks that need no host work) and ``refine`` (on the host:
@@ -68,14 +69,13 @@ def luma(images: torch.Tensor) -> torch.Tensor:
 
 
 def area_reasons(area: torch.Tensor | np.ndarray, min_area: float, max_area: float):
-    """Reason codes for mask area fractions: kept only strictly inside (min_area, max_area)."""
-    if isinstance(area, torch.Tensor):
-        reasons = torch.full(area.shape, KEPT, dtype=torch.int8, device=area.device)
-    else:
-        reasons = np.full(area.shape, KEPT, dtype=np.int8)
-    reasons[area <= min_area] = AREA_TOO_SMALL
-    reasons[area >= max_area] = AREA_TOO_LARGE
-    return reasons
+    """Reason codes for mask area fractions: kept only strictly inside (min_area, max_area).
+
+    Written with ``where`` (no boolean-mask assignment) so that it never waits for the device.
+    """
+    lib = torch if isinstance(area, torch.Tensor) else np
+    reasons = lib.where(area <= min_area, AREA_TOO_SMALL, lib.where(area >= max_area, AREA_TOO_LARGE, KEPT))
+    return reasons.to(torch.int8) if lib is torch else reasons.astype(np.int8)
 
 
 def smoothed_histograms(images: torch.Tensor, bins: int = 12, window: int = 3) -> torch.Tensor:
@@ -91,19 +91,26 @@ def smoothed_histograms(images: torch.Tensor, bins: int = 12, window: int = 3) -
     return counts
 
 
-def count_peaks(histograms: np.ndarray) -> np.ndarray:
-    """Local maxima per row; a flat top (a run of equal values) counts once, empty bins never."""
-    histograms = np.asarray(histograms, dtype=np.float64)
-    peaks = np.zeros(len(histograms), dtype=np.int64)
-    for row, h in enumerate(histograms):
-        change = np.sign(np.diff(h))
-        change = change[change != 0]  # plateaus merged: only rises and falls remain
-        if change.size == 0:
-            peaks[row] = int(h.size > 0 and h[0] > 0)
-            continue
-        # A peak is a rise followed by a fall, or a fall at the very start, or a rise at the very end.
-        peaks[row] = int(np.sum((change[:-1] > 0) & (change[1:] < 0))) + int(change[0] < 0) + int(change[-1] > 0)
-    return peaks
+def count_peaks(histograms: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Local maxima per row; a flat top (a run of equal values) counts once, empty bins never.
+
+    Vectorised on the rows' device (no host round trip): with the signs of the differences
+    between neighbouring bins, a peak is a fall whose last preceding non-zero sign is a rise
+    (or that has none: a peak at the start), plus a final rise (a peak at the end), plus one
+    for a flat, non-empty histogram.
+    """
+    as_numpy = not isinstance(histograms, torch.Tensor)
+    h = torch.as_tensor(np.asarray(histograms, dtype=np.float64) if as_numpy else histograms)
+    if h.shape[1] < 2:
+        peaks = (h[:, 0] > 0).long() if h.shape[1] else torch.zeros(len(h), dtype=torch.long)
+        return peaks.numpy() if as_numpy else peaks
+    change = torch.sign(h[:, 1:] - h[:, :-1])
+    positions = torch.arange(change.shape[1], device=h.device).expand_as(change)
+    last = torch.where(change != 0, positions, torch.full_like(positions, -1)).cummax(dim=1).values
+    filled = torch.where(last >= 0, change.gather(1, last.clamp(min=0)), torch.zeros_like(change))
+    before = torch.cat([torch.zeros_like(filled[:, :1]), filled[:, :-1]], dim=1)
+    peaks = ((change < 0) & (before >= 0)).sum(1) + (filled[:, -1] > 0).long() + ((filled[:, -1] == 0) & (h[:, 0] > 0)).long()
+    return peaks.numpy() if as_numpy else peaks
 
 
 def connected_components_filter(mask: np.ndarray, ratio: float) -> np.ndarray:
@@ -120,6 +127,21 @@ def connected_components_filter(mask: np.ndarray, ratio: float) -> np.ndarray:
     return lookup[labels]
 
 
+def direction_scale(directions, index: int | None = None) -> float:
+    """Typical shift magnitude of direction ``index`` in its file's units."""
+    stats = getattr(directions, "stats", None)
+    scales = stats.get("shift_scales") if isinstance(stats, dict) else None
+    if index is not None and isinstance(scales, (list, tuple)) and len(scales) == directions.count:
+        try:
+            value = float(scales[index])
+        except (TypeError, ValueError):
+            value = float("nan")
+        if np.isfinite(value) and value > 0:
+            return value
+    scale = float(getattr(directions, "shift_scale", REFERENCE_SHIFT_SCALE) or REFERENCE_SHIFT_SCALE)
+    return scale if scale > 0 else REFERENCE_SHIFT_SCALE
+
+
 @dataclass(frozen=True)
 class MaskRule:
     """Base of the mask rules; subclasses set ``name`` and ``default_shift`` and implement ``propose``."""
@@ -130,12 +152,15 @@ class MaskRule:
 
     shift: float | None = None
 
-    def for_directions(self, directions) -> "MaskRule":
-        """This rule with ``shift`` resolved for a directions file (``None`` -> scaled paper value)."""
+    def for_directions(self, directions, index: int | None = None) -> "MaskRule":
+        """This rule with ``shift`` resolved for a directions file (``None`` -> scaled paper value).
+
+        The scale is the direction's own ``stats["shift_scales"][index]`` when the file has one
+        (as ``discovery.background`` reads it), else the file's ``shift_scale``.
+        """
         if self.shift is not None:
             return self
-        scale = float(getattr(directions, "shift_scale", REFERENCE_SHIFT_SCALE) or REFERENCE_SHIFT_SCALE)
-        return dataclasses.replace(self, shift=self.default_shift * scale / REFERENCE_SHIFT_SCALE)
+        return dataclasses.replace(self, shift=self.default_shift * direction_scale(directions, index) / REFERENCE_SHIFT_SCALE)
 
     def propose(self, original: torch.Tensor, shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Device stage: (masks bool (N, H, W), reasons int8 (N,)) from images in [-1, 1]."""
@@ -208,9 +233,8 @@ class LightingMaskRule(MaskRule):
         masks = luma(original) < luma(shifted)
         reasons = torch.zeros(len(masks), dtype=torch.int8, device=masks.device)
         if self.bimodality > 0:
-            histograms = smoothed_histograms(shifted, self.histogram_bins, self.histogram_window)
-            peaks = torch.from_numpy(count_peaks(histograms.cpu().numpy())).to(masks.device)
-            reasons[peaks < self.bimodality] = NOT_BIMODAL
+            peaks = count_peaks(smoothed_histograms(shifted, self.histogram_bins, self.histogram_window))
+            reasons = torch.where(peaks < self.bimodality, NOT_BIMODAL, KEPT).to(torch.int8)
         return masks, reasons
 
     def refine_one(self, mask, reason):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from discovery.errors import UserError
 
@@ -334,7 +335,7 @@ class _Entry:
     mask: tuple[int, int]
 
 
-class PairDataset:
+class PairDataset(Dataset):
     """``torch.utils.data.Dataset`` of ``(image uint8 (H, W, 3), mask uint8 (H, W) in {0, 1})``.
 
     ``keys`` lists the pair keys in order (sorted), for held-out splits; ``manifest`` is the

@@ -114,12 +114,13 @@ def _figure(width: float, height: float):
 
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.92)  # fixed margins: one draw, not two
     return figure
 
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
+    figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 

@@ -97,7 +97,7 @@ class PairSynthesizer:
         self.directions = directions
         self.index = int(index)
         self.sign = int(sign)
-        self.rule = rule.for_directions(directions)
+        self.rule = rule.for_directions(directions, self.index)
         self.direction = directions.direction(self.index).to(self.device)
         self.shift = self.sign * float(self.rule.shift)
 
@@ -238,11 +238,17 @@ class RankContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    distributed: bool = False  # torch.distributed initialised (by us) for barriers
+    distributed: bool = False  # torch.distributed initialised, for barriers
+    owned: bool = False  # initialised by this context (``close`` tears it down)
 
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.owned and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self.distributed = self.owned = False
 
 
 def rank_context(rank: int | None = None, world_size: int | None = None) -> RankContext:
@@ -252,14 +258,15 @@ def rank_context(rank: int | None = None, world_size: int | None = None) -> Rank
     local = int(os.environ.get("LOCAL_RANK", str(rank_value)))
     if world < 1 or not 0 <= rank_value < world:
         raise UserError(f"rank {rank_value} of world size {world}: not a valid torchrun layout")
-    distributed = False
+    distributed = owned = False
     if world > 1 and rank is None and world_size is None and "MASTER_ADDR" in os.environ:
         import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            owned = True
         distributed = True
-    return RankContext(rank_value, world, local, distributed)
+    return RankContext(rank_value, world, local, distributed, owned)
 
 
 def quota_of(rank: int, world: int, n: int) -> int:
@@ -320,6 +327,8 @@ class _Writer(threading.Thread):
         self.stall_after = stall_after
         self.bar = bar
         self.finished = threading.Event()  # quota reached and the last unit committed
+        self.progress = threading.Event()  # set after every consumed batch
+        self.consumed = 0  # batches consumed so far
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -331,8 +340,11 @@ class _Writer(threading.Thread):
                 if self.finished.is_set() or self.error is not None:
                     continue  # drain what the main thread queued before it saw we were done
                 self._consume(*item)
+                self.consumed += 1
+                self.progress.set()
         except BaseException as exc:  # handed to the main thread
             self.error = exc
+            self.progress.set()
             self.unit_writer.abort()
             while self.inbox.get() is not None:  # drain so the main thread never blocks
                 pass
@@ -356,7 +368,7 @@ class _Writer(threading.Thread):
         if self.written == 0 and self.session_candidates >= self.stall_after:
             raise UserError(
                 f"no candidate passed the mask rule in the first {self.session_candidates}: check --index, --sign, "
-                "--shift and the rule's thresholds (a preview of raw shifts: `saliency discover` charts)"
+                "--shift and the rule's thresholds against the direction's chart"
             )
 
 
@@ -400,6 +412,8 @@ def _run_rank(synthesizer, unit_writer, *, ctx, quota, done, start_step, skip, b
     chunk = max(4, -(-batch_size // (2 * workers)))
     rule = synthesizer.rule
 
+    handed: list[int] = []  # per handed-over batch: how many of its candidates can still be kept
+
     def hand_off(pending):
         batch_index, batch_skip, host, event = pending
         if event is not None:
@@ -407,6 +421,7 @@ def _run_rank(synthesizer, unit_writer, *, ctx, quota, done, start_step, skip, b
         images, masks, reasons = (t.numpy() for t in host)
         futures = [pool.submit(_finish_chunk, rule, images, masks, reasons, lo, min(lo + chunk, batch_size), batch_skip)
                    for lo in range(0, batch_size, chunk) if min(lo + chunk, batch_size) > batch_skip]
+        handed.append(int((reasons[batch_skip:] == KEPT).sum()))  # the host half only rejects more
         while True:  # bounded put that notices a failed writer
             if writer.error is not None:
                 raise writer.error
@@ -422,6 +437,17 @@ def _run_rank(synthesizer, unit_writer, *, ctx, quota, done, start_step, skip, b
         while not writer.finished.is_set():
             if writer.error is not None:
                 raise writer.error
+            # Launch another batch only if the batches in flight may fall short of the quota: near
+            # the end, batches generated past it would be thrown away.
+            in_flight = sum(handed[writer.consumed :]) + (batch_size - pending[1] if pending is not None else 0)
+            if writer.written + in_flight >= quota:
+                if pending is not None:
+                    hand_off(pending)
+                    pending = None
+                else:
+                    writer.progress.wait(0.01)
+                    writer.progress.clear()
+                continue
             batch_index = ctx.rank + step * ctx.world_size
             z, condition = batch_latents(synthesizer.generator, seed, batch_index, batch_size)
             device_tensors = synthesizer.propose(z, condition)
@@ -433,7 +459,7 @@ def _run_rank(synthesizer, unit_writer, *, ctx, quota, done, start_step, skip, b
             step += 1
             if on_batch is not None:
                 on_batch(batch_index)
-        pending = None  # quota reached: the batch in flight is not needed
+        pending = None  # quota reached: a batch still in flight is not needed
     finally:
         # On success, or on an error here (KeyboardInterrupt too): the writer takes what was handed
         # over, commits the full units among it and drops the partial one. A writer error wins.
@@ -634,4 +660,5 @@ def synthesize(
     all_done = all(_done_path(out_dir, r).is_file() for r in range(world))
     if (ctx.distributed and this_rank == 0) or (not ctx.distributed and all_done):
         return _merge_manifest(out_dir, settings, extra, preview)
-    return {"rank": this_rank, "pairs": quota, "session_pairs": session_pairs, "seconds": seconds, "complete": False}
+    # This rank's share only: another rank writes the manifest.
+    return {"rank": this_rank, "pairs": quota, "session_pairs": session_pairs, "seconds": seconds, "manifest_written": False}

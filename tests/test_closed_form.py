@@ -111,6 +111,17 @@ def test_ganspace_layers():
     default = discover_ganspace(T, samples=64, top_k=4)
     assert default.manifest["layer"] == "net.2"  # the first activation after the latent layer
     assert discover_ganspace(T, samples=64, layer="latent", top_k=2).count == 2
+
+    class FunctionalActivations(nn.Module):  # activations as functions (like BigGAN): the next layer's output
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = nn.Linear(4, 8), nn.Linear(8, 12)
+
+        def forward(self, z):
+            return torch.tanh(self.second(torch.relu(self.first(z)))).reshape(-1, 3, 2, 2)
+
+    F = wrap_generator(FunctionalActivations(), dim_z=4, resolution=2).eval()
+    assert discover_ganspace(F, samples=32, top_k=2).manifest["layer"] == "module.second"
     with pytest.raises(UserError, match="no such module"):
         discover_ganspace(T, samples=16, layer="net.99")
     components, variances, total = principal_components(torch.randn(50, 300), 5)

@@ -78,27 +78,31 @@ def test_exact_and_lanczos_match_analytic_quadratic_form():
     assert np.allclose(values, values_true[:3].numpy(), rtol=1e-10)
 
 
-def test_feature_distance_hessian_and_distance_errors():
+def test_feature_distance_hessian_and_distance_errors(tmp_path):
     G, _ = _quadratic_generator()
     B = torch.randn(7, 3 * SIDE * SIDE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-
-    class Features(nn.Module):
-        def forward(self, images):
-            return images.flatten(1) @ B.T
+    features = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIDE * SIDE, 7, bias=False)).double()
+    with torch.no_grad():
+        features[1].weight.copy_(B)
 
     A = G.module.A
     H_true = 2 * A.T @ B.T @ B @ A / 7
     z = torch.zeros(DIM, dtype=torch.float64)
-    f = latent_distance(G, z, distance="feature", feature_net=Features())
+    f = latent_distance(G, z, distance="feature", feature_net=features)
+    assert _relative(exact_hessian(f, z), H_true) < 1e-4
+    torch.save(features, tmp_path / "features.pt")  # a network file, as the command line passes it
+    f = latent_distance(G, z, distance=make_distance("feature", str(tmp_path / "features.pt")))
     assert _relative(exact_hessian(f, z), H_true) < 1e-4
 
     with pytest.raises(UserError, match="feature network"):
         make_distance("feature")
+    with pytest.raises(UserError, match="not found"):
+        make_distance("feature", tmp_path / "missing.pt")
     with pytest.raises(UserError, match="unknown distance"):
         make_distance("ssim")
     with pytest.raises(UserError, match="--distance feature"):
-        make_distance("mse", feature_net=Features())
-    assert make_distance("features", feature_net=Features()) is not None  # the command line's spelling
+        make_distance("mse", feature_net=features)
+    assert make_distance("features", feature_net=features) is not None  # the command line's spelling
 
 
 def test_lpips_without_weights_is_a_user_error(tmp_path, monkeypatch):

@@ -153,17 +153,21 @@ def test_train_gan_writes_snapshot_logs_grids_and_a_loadable_generator(tmp_path)
         assert x.shape == (3, 3, 32, 32) and torch.isfinite(x).all() and x.abs().max() <= 1
 
 
-def test_resume_continues_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("recipe", [dict(d_norm="spectral", loss="hinge"), dict(d_norm="batch", loss="nonsaturating")])
+def test_resume_continues_bit_for_bit(tmp_path, recipe):
     from discovery.gan_training import train_gan
 
     images = tmp_path / "images"
     _write_images(images)
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    train_gan(images, straight, steps=6, seed=1, **TINY)
-    train_gan(images, interrupted, steps=2, seed=1, **TINY)  # stopped after the step-2 snapshot
+    train_gan(images, straight, steps=6, seed=1, **recipe, **TINY)
+    train_gan(images, interrupted, steps=2, seed=1, **recipe, **TINY)  # stopped after the step-2 snapshot
     with pytest.raises(UserError, match="--resume"):
-        train_gan(images, interrupted, steps=6, seed=1, **TINY)  # refuses to overwrite a run
-    train_gan(images, interrupted, steps=6, seed=1, resume=True, **TINY)
+        train_gan(images, interrupted, steps=6, seed=1, **recipe, **TINY)  # refuses to overwrite a run
+    other = {"spectral": "batch", "batch": "spectral"}[recipe["d_norm"]]
+    with pytest.raises(UserError, match="d_norm"):
+        train_gan(images, interrupted, steps=6, seed=1, resume=True, **{**recipe, "d_norm": other}, **TINY)
+    train_gan(images, interrupted, steps=6, seed=1, resume=True, **recipe, **TINY)
     a = torch.load(straight / "snapshot.pt", weights_only=True)
     b = torch.load(interrupted / "snapshot.pt", weights_only=True)
     assert a["step"] == b["step"] == 6

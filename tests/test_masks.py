@@ -142,6 +142,11 @@ def test_shift_defaults_scale_with_the_directions_file():
     assert IntensityMaskRule().for_directions(directions).shift == pytest.approx(13.0)
     assert LightingMaskRule().for_directions(directions).shift == pytest.approx(2.5)
     assert LightingMaskRule(shift=7.0).for_directions(directions).shift == 7.0
+    per_direction = Directions(torch.eye(4), generator="procedural", method="hessian", shift_scale=3.0,
+                               stats={"shift_scales": [12.0, float("nan"), 0.0, 1.2]})
+    assert LightingMaskRule().for_directions(per_direction, 0).shift == pytest.approx(10.0)
+    assert LightingMaskRule().for_directions(per_direction, 1).shift == pytest.approx(2.5)  # invalid entry: file scale
+    assert LightingMaskRule().for_directions(per_direction, 3).shift == pytest.approx(1.0)
     rule = build_rule("lighting", max_area=0.4, component_ratio=0.1, bimodality=3)
     assert rule_from_config(rule.config()) == rule
 

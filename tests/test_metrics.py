@@ -30,6 +30,11 @@ def _pairs(n=8, seed=0):
         if i % 4 == 3:
             pred = 1 - pred  # a bad prediction too
         pairs.append((np.clip(pred, 0, 1), gt))
+    for i in range(2):  # two objects, one cut by the image border
+        h, w = 40, 56
+        gt = _blob(rng, h, w) | _blob(rng, h, w)
+        gt[:, : 4 + 6 * i] = True
+        pairs.append((np.clip(gaussian_filter(gt.astype(float), 3) + rng.normal(0, 0.1, (h, w)), 0, 1), gt))
     h, w = 24, 32
     gt = _blob(rng, h, w)
     pairs += [

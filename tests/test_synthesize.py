@@ -189,7 +189,7 @@ def test_ranks_split_batches_and_rank_zero_merges(procedural_generator, directio
     out = tmp_path / "ranks"
     options = dict(n=13, rule=INTENSITY, batch_size=4, shard_size=3, seed=2, progress=False, preview=4, world_size=2)
     partial = synthesize(procedural_generator, directions, BACKGROUND, out, rank=1, **options)
-    assert partial["complete"] is False and not (out / "manifest.json").exists()
+    assert partial["manifest_written"] is False and not (out / "manifest.json").exists()
     manifest = synthesize(procedural_generator, directions, BACKGROUND, out, rank=0, **options)
     assert manifest["pairs"] == 13 and [r["pairs"] for r in manifest["counts"]["by_rank"]] == [7, 6]
     files = sorted(p.name for p in (out / "shards").glob("*.tar"))
@@ -332,3 +332,41 @@ def test_shard_headers_are_the_ones_tarfile_writes():
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
         assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_write_the_pairs_of_the_in_process_ranks(procedural_generator, directions, directions_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "saliency", "--", "synthesize", "--directions", str(directions_file), "--index", "3", "--sign", "1",
+               "--rule", "intensity", "--threshold", "0.85", "--n", "21", "--out", str(out), "--batch-size", "4",
+               "--shard-size", "4", "--seed", "1", "--device", "cpu", "--no-progress", "--preview", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["pairs"] == 21
+
+    local = tmp_path / "local"
+    options = dict(n=21, rule=INTENSITY, batch_size=4, shard_size=4, seed=1, progress=False, preview=0, world_size=2)
+    for rank in (1, 0):
+        synthesize(procedural_generator, directions, BACKGROUND, local, rank=rank, **options)
+    assert shard_bytes(out) == shard_bytes(local)
+
+
+def test_pairs_feed_a_dataloader_with_workers(procedural_generator, directions, tmp_path):
+    from torch.utils.data import DataLoader, Dataset
+
+    synthesize(procedural_generator, directions, BACKGROUND, tmp_path / "p", n=12, rule=INTENSITY, batch_size=8,
+               shard_size=5, progress=False, preview=0)
+    dataset = open_pairs(tmp_path / "p")
+    assert isinstance(dataset, Dataset)
+    dataset[0]  # opens a shard in this process; workers must open their own
+    images, masks = next(iter(DataLoader(dataset, batch_size=12, num_workers=2)))
+    assert images.shape == (12, 32, 32, 3) and masks.shape == (12, 32, 32) and images.dtype == torch.uint8
+    np.testing.assert_array_equal(images[3].numpy(), dataset[3][0])

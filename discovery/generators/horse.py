@@ -62,17 +62,28 @@ class HorseGenerator(LatentGenerator):
 
 
 class HorseDiscriminator(nn.Module):
-    """Mirror of the generator: strided 4x4 convolutions with spectral norm, no normalisation layers."""
+    """Mirror of the generator: strided 4x4 convolutions, then a linear score.
 
-    def __init__(self, width: int = 32, resolution: int = 64):
+    ``norm="spectral"``: spectral norm on every layer (SNGAN; stable, slow to learn with one D step
+    per G step). ``norm="batch"``: DCGAN's batch norm after every convolution but the first (fast to
+    learn; real and fake batches go through D separately, so each is normalised on its own).
+    """
+
+    def __init__(self, width: int = 32, resolution: int = 64, norm: str = "spectral"):
         super().__init__()
+        if norm not in ("spectral", "batch"):
+            raise ValueError("norm must be 'spectral' or 'batch'")
         stages = {32: 3, 64: 4, 128: 5}[resolution]
         channels = [min(width * 2**i, width * 8) for i in range(stages)]  # res/2 ... 4x4
-        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(3, channels[0], 4, 2, 1)), nn.LeakyReLU(0.2)]
+        wrap = spectral_norm if norm == "spectral" else (lambda m: m)
+        layers: list[nn.Module] = [wrap(nn.Conv2d(3, channels[0], 4, 2, 1)), nn.LeakyReLU(0.2)]
         for c_in, c_out in zip(channels[:-1], channels[1:]):
-            layers += [spectral_norm(nn.Conv2d(c_in, c_out, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            layers.append(wrap(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=norm != "batch")))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2))
         self.features = nn.Sequential(*layers)
-        self.head = spectral_norm(nn.Linear(channels[-1] * 16, 1))
+        self.head = wrap(nn.Linear(channels[-1] * 16, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images).flatten(1)).squeeze(1)

@@ -17,7 +17,8 @@ into a saliency mask with one of two rules:
              largest are dropped; kept if area < --max-area (0.5) and the shifted image's
              histogram has at least --bimodality (2) peaks.
 Runs are deterministic per --seed and resumable (--resume); under torchrun every rank writes
-its own shards. Writes OUT/manifest.json (counts, rejection rate, settings) and OUT/preview.png.
+its own shards: torchrun --nproc_per_node 4 -m saliency -- synthesize ... (the "--" keeps
+torchrun from taking --n or --sign for abbreviations of its own options). Writes OUT/manifest.json (counts, rejection rate, settings) and OUT/preview.png.
 """
 
 
@@ -42,7 +43,8 @@ def add_arguments(parser):
     parser.add_argument("--sign", type=_sign, default="auto",
                         help="1 or -1: which way to shift; auto: the background ranking's sign (adapted to the rule), "
                              "unless the other sign passes the rule clearly more often on 64 probe latents")
-    parser.add_argument("--n", type=int, default=100_000, help="pairs to write (all ranks together)")
+    parser.add_argument("--n", "--pairs", dest="n", type=int, default=100_000,
+                        help="pairs to write (all ranks together)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--format", choices=("shards", "png"), default="shards", help="WebDataset tar shards or PNG folders")
     rules = parser.add_argument_group("mask rule (unset options keep the rule's paper values)")
@@ -62,16 +64,11 @@ def add_arguments(parser):
 
 
 def run(args):
-    import os
     from pathlib import Path
 
     from discovery.directions import Directions
     from discovery.errors import UserError
-    from discovery.runtime import resolve_device
-    from saliency.commands.common import build_generator
-    from saliency.masks import build_rule
-    from saliency.synthesize import (
-        background_sign_of, choose_sign, rank_context, resolve_background_index, rule_sign, synthesize)
+    from saliency.synthesize import rank_context
 
     directions = Directions.load(args.directions)
     name = args.generator or directions.generator
@@ -84,6 +81,21 @@ def run(args):
     if weights is None and recorded and Path(recorded).exists():
         weights = recorded
     ctx = rank_context()
+    try:
+        _run(args, directions, name, options, weights, ctx)
+    finally:
+        ctx.close()
+
+
+def _run(args, directions, name, options, weights, ctx):
+    import os
+
+    from discovery.errors import UserError
+    from discovery.runtime import resolve_device
+    from saliency.commands.common import build_generator
+    from saliency.masks import build_rule
+    from saliency.synthesize import background_sign_of, choose_sign, resolve_background_index, rule_sign, synthesize
+
     device = resolve_device(args.device)
     if ctx.world_size > 1 and device.type == "cuda" and device.index is None:
         device = resolve_device(f"cuda:{ctx.local_rank}")

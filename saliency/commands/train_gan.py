@@ -26,6 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--lr-d", type=float, default=2e-4, help="Adam learning rate of the discriminator")
     parser.add_argument("--width", type=int, default=32, help="base channel count of G and D")
     parser.add_argument("--diffaugment", default="color,translation,cutout", help="DiffAugment policy ('' for none)")
+    parser.add_argument("--d-norm", default="spectral", choices=("spectral", "batch"), help="discriminator normalisation")
+    parser.add_argument("--loss", default="hinge", choices=("hinge", "nonsaturating"), help="GAN loss")
     parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between snapshots")
     parser.add_argument("--sample-every", type=int, default=200, help="steps between sample grids")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its snapshot")
@@ -56,6 +58,8 @@ def run(args):
         lr_g=args.lr_g,
         lr_d=args.lr_d,
         diffaugment=args.diffaugment,
+        d_norm=args.d_norm,
+        loss=args.loss,
         checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every,
         resume=args.resume,
