@@ -63,6 +63,15 @@ def sample_shifts(n: int, shift_scale: float, min_shift: float, generator: torch
     return sign * eps.abs().clamp_min(min_shift)
 
 
+def _adam(parameters, lr: float) -> torch.optim.Adam:
+    """Adam, fused where this torch build has it (several times faster on small networks, CPU included)."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(parameters, lr=lr)
+
+
 def _section(title: str, verbose: bool) -> None:
     if verbose:
         print(f"{title}...", flush=True)
@@ -101,8 +110,8 @@ class VoynovTrainer:
         self.batch_size, self.shift_scale, self.min_shift = batch_size, shift_scale, min_shift
         self.label_weight, self.shift_weight = label_weight, shift_weight
         self.count = deformator.count
-        self.deformator_opt = torch.optim.Adam(deformator.parameters(), lr=lr) if deformator.trainable else None
-        self.reconstructor_opt = torch.optim.Adam(reconstructor.parameters(), lr=lr)
+        self.deformator_opt = _adam(deformator.parameters(), lr) if deformator.trainable else None
+        self.reconstructor_opt = _adam(reconstructor.parameters(), lr)
         self.amp = bool(amp and device.type == "cuda")
         self.amp_dtype = None
         if self.amp:
@@ -521,13 +530,11 @@ def discover_voynov(
         manifest=run_manifest(
             method="voynov", shift_range=[-shift_scale, shift_scale], min_shift=min_shift, rca=held_out["rca"], baselines=baseline_rca,
             generator_info=generator.describe() if hasattr(generator, "describe") else {}, config=config,
+            weights_path=getattr(generator, "weights_path", None),
         ),  # fmt: skip
         generator_options=dict(generator_options or {}),
     )
     if out is not None:
-        weights_path = getattr(generator, "weights_path", None)
-        if weights_path and "weights" not in result.generator_options:
-            result.generator_options["weights"] = weights_path
         result.save(out / "directions.pt")
         write_json({**summary, "manifest": result.manifest}, out / "summary.json")
         if progress:

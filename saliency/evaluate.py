@@ -104,29 +104,38 @@ def default_workers() -> int:
     return max(1, min(cpus, 8))
 
 
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already
+def _started(_: int) -> int:
+    return os.getpid()
 
 
 @contextlib.contextmanager
 def _pool(workers: int):
-    """A process pool, or None for in-process work (workers <= 1)."""
+    """A process pool, or None for in-process work (workers <= 1).
+
+    Linux forks the workers: they start in milliseconds and inherit the loaded modules (a fresh
+    interpreter would import torch again through ``discovery``). Two rules keep forking safe: every
+    worker is started at once, before this process runs a predictor, and OpenCV is set to one thread
+    here rather than in the workers -- ``cv2.setNumThreads`` in a forked child whose parent had used
+    OpenCV's thread pool never returns."""
     if workers <= 1:
         yield None
         return
     import multiprocessing
+    import sys
     from concurrent.futures import ProcessPoolExecutor
 
-    # fork starts in milliseconds and the workers touch only NumPy/SciPy/OpenCV, never torch or CUDA.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    context = multiprocessing.get_context(method)
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+    import cv2
+
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    previous_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one process per core already; inherited by the forked workers
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
     try:
+        list(executor.map(_started, range(workers)))
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+        cv2.setNumThreads(previous_threads)
 
 
 def _resolve_workers(workers: int | None, count: int) -> int:

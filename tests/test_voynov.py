@@ -22,35 +22,47 @@ def _alignment(generator, matrix: torch.Tensor) -> torch.Tensor:
     return (factors @ rows.T).abs().max(dim=1).values
 
 
-@pytest.mark.slow
-def test_learns_factors_and_beats_the_baselines(tmp_path):
-    """Loss falls, held-out RCA rises, and the learned directions find the known factors.
+def _span(generator, matrix: torch.Tensor) -> torch.Tensor:
+    """Per direction, the norm of its unit vector's projection on the span of the known factors."""
+    basis, _ = torch.linalg.qr(torch.stack(list(generator.factor_directions.values())).T)
+    return (matrix / matrix.norm(dim=1, keepdim=True) @ basis).norm(dim=1)
 
-    Budget: about a minute on one core. Five directions on a five-factor procedural generator,
-    the orthonormal deformator started at the identity, and the classification loss alone
-    (--shift-weight 0) with a faster learning rate than the paper's 1e-4 for 1e5 steps.
+
+@pytest.mark.slow
+def test_learns_factors_and_beats_the_baselines(tmp_path, procedural_generator):
+    """Loss falls, held-out RCA rises above the random and coordinate-axis baselines, and the
+    learned directions sit closer to the known factors than either baseline.
+
+    Budget: under a minute of one core. The paper's K = dim_z = 8 directions (5 known factors,
+    3 null dimensions), the projective deformator started at the coordinate axes, the
+    classification loss alone (--shift-weight 0) and lr 1e-3 instead of 1e-4 over 1e5 steps.
+    Not asserted: max |cosine| > 0.9 for every factor. On this generator the objective does not
+    single out the factor axes: x/y position saturate (tanh), so diagonal moves are *more*
+    distinguishable than axis moves, and 8 directions must share 5 effective dimensions.
     """
-    G = create_generator("procedural", dim_z=5)
-    steps = LEARNING_STEPS
+    G = procedural_generator
+    steps = 800
     directions = discover_voynov(
-        G, tmp_path / "run", directions=5, steps=steps, batch_size=32, deformator="ortho", deformator_random_init=False,
-        lr=1e-3, shift_weight=0.0, checkpoint_every=steps // 4, log_every=steps // 10, rca_samples=500, baselines=True, progress=False,
+        G, tmp_path / "run", steps=steps, batch_size=32, deformator="projective", deformator_random_init=False, lr=1e-3,
+        shift_weight=0.0, checkpoint_every=steps // 4, log_every=steps // 10, rca_samples=500, baselines=True, progress=False,
     )  # fmt: skip
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     rcas = [r["rca"] for r in rows if "rca" in r]
     assert losses[-1] < 0.5 * losses[0]
-    assert rcas[-1] > rcas[0] + 0.2 and summary["rca"] == pytest.approx(rcas[-1])
-    assert summary["rca"] > summary["baselines"]["random"] and summary["rca"] > summary["baselines"]["identity"]
-    assert summary["beats_baselines"] is True
+    assert rcas[-1] > rcas[0] + 0.1 and summary["rca"] == pytest.approx(rcas[-1])
+    assert summary["rca"] > max(summary["baselines"].values()) + 0.02 and summary["beats_baselines"] is True
 
-    learned = _alignment(G, directions.matrix)
-    random = _alignment(G, build_deformator("random", 5, 5, generator=torch.Generator().manual_seed(1_000_003)).matrix())
-    identity = _alignment(G, torch.eye(5))
-    print("alignment learned", learned.tolist(), "random", random.tolist(), "identity", identity.tolist())
-    assert learned.mean() > random.mean() + 0.1 and learned.mean() > identity.mean() + 0.1
-    assert learned.min() > max(random.min(), identity.min())
+    baselines = {
+        "random": build_deformator("random", 8, 8, generator=torch.Generator().manual_seed(1_000_003)).matrix(),
+        "identity": torch.eye(8),
+    }
+    learned_alignment, learned_span = _alignment(G, directions.matrix), _span(G, directions.matrix)
+    print("alignment", learned_alignment.tolist(), "span", learned_span.tolist())
+    for name, matrix in baselines.items():
+        assert learned_alignment.mean() > _alignment(G, matrix).mean() + 0.03, name
+        assert learned_span.mean() > _span(G, matrix).mean() + 0.05, name
 
 
 def _interrupt_at(monkeypatch, step):
@@ -131,8 +143,7 @@ def test_outputs_checkpoint_and_directions_file(tmp_path, procedural_generator):
 def test_other_deformators_train(procedural_generator, deformator):
     directions = discover_voynov(procedural_generator, None, steps=3, deformator=deformator, **FAST)
     assert directions.matrix.shape == (8, 8)
-    if deformator != "linear":
-        torch.testing.assert_close(directions.matrix.norm(dim=1), torch.ones(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(directions.matrix.norm(dim=1), torch.ones(8), atol=1e-5, rtol=0)
 
 
 def test_fewer_directions_than_dim_z(procedural_generator):
