@@ -159,6 +159,42 @@ def machine() -> dict:
     return info
 
 
+def markdown(result: dict) -> str:
+    m, w = result["machine"], result["workers"]
+    wall, rate, proj = result["wall_seconds_best"], result["images_per_second_wall"], result["images_per_second_projected"]
+    load = result["load_average_before_after"][0][0]
+    rows = [
+        ("saliency evaluate --predictions, end to end", "ours_end_to_end"),
+        ("saliency evaluate --predictions, metric phase", "ours_metric_phase"),
+        ("pysodmetrics image by image, 1 process", "pysodmetrics_serial"),
+        (f"pysodmetrics image by image, {w} processes", "pysodmetrics_parallel"),
+    ]
+    lines = [
+        "# Evaluation speed",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cpus_usable', m.get('cpus'))} cores; numpy {m.get('numpy')}, scipy {m.get('scipy')}, "
+        f"OpenCV {m.get('opencv')}, pysodmetrics {m.get('pysodmetrics')}; {result['created']}; load average {load:.1f} at the start.",
+        f"{result['images']} images of {result['image_size']}; ours with {w} worker processes; best of {result['repeat']} alternating rounds.",
+        f"Projected: images / (main-process CPU + worker CPU / {w}), the rate on {w} idle cores.",
+        "",
+        "| run | wall s | images/s (wall) | images/s (projected) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, key in rows:
+        projected = f"{proj[key]:.1f}" if key in proj else "-"
+        lines.append(f"| {label} | {wall[key]:.2f} | {rate[key]:.1f} | {projected} |")
+    sp, pp = result["speedup_vs_pysodmetrics_serial"], result["speedup_vs_pysodmetrics_parallel"]
+    lines += [
+        "",
+        f"Speed-up over pysodmetrics image by image (target 5x): {sp['projected_end_to_end']:.1f}x projected, "
+        f"{sp['wall_end_to_end']:.1f}x wall end to end, {sp['wall_metric_phase']:.1f}x wall metric phase. "
+        f"Over pysodmetrics on {w} processes: {pp['projected_end_to_end']:.1f}x projected, {pp['wall_end_to_end']:.1f}x wall.",
+        "pysodmetrics runs only the toolbox metrics it provides (no max_f_beta, IoU / accuracy at 0.5); ours computes all of them and writes the report.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="images")
@@ -226,6 +262,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
     print(f"{'':28s} {'wall s':>8s} {'img/s':>8s} {'projected img/s on ' + str(args.workers) + ' idle cores':>34s}")
     for key in best:
         projected_rate = f"{rate_projected[key]:8.1f}" if key in rate_projected else "-"

@@ -340,11 +340,13 @@ def open_known(name: str, root: str | Path | None = None, split: str | None = No
         urls = " and ".join(d["url"] for d in manifest["downloads"])
         if not download:
             raise UserError(f"{name}: not found under {root}; download {urls}, unzip into {root}; or {where}")
+        created = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
-        print(f"{name}: not found under {root}; downloading {urls}", file=sys.stderr)
-        try:
+        try:  # the download shows its own progress bar; offline it fails at once, with one error line
             _download(manifest, root)
         except ConnectionError as exc:
+            if created and not any(root.iterdir()):
+                root.rmdir()
             raise UserError(f"{name}: not found under {root} and the download failed ({exc}); download {urls} by hand and unzip into {root}") from None
         found = _locate(root, manifest)
         if found is None:

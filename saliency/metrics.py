@@ -12,12 +12,15 @@ Two families, both reported by ``saliency evaluate`` (see the Evaluation protoco
   256 thresholds ``pred_u8 >= k``), mean and adaptive F-measure, MAE, S-measure (Fan 2017), E-measure
   (Fan 2018; mean, max and adaptive), weighted F-measure (Margolin 2014) and max IoU.
 
-Why not simply call pysodmetrics: it spends ~40 ms per 300x400 image, most of it in four separate
-histogram passes and ``scipy.ndimage.convolve``. Here one pass per image collects sufficient statistics
-(two 256-bin histograms split by GT class, a few counts and three scalars), every threshold curve is
-computed for all images at once from the stacked histograms, and the only costly per-image step (the
-distance transform of the weighted F-measure) stays exact while its 7x7 Gaussian filter goes through
-OpenCV. ``image_statistics`` is a plain top-level function so evaluation can spread it over processes.
+Why not simply call pysodmetrics: it spends ~40 ms of CPU per 300x400 image, most of it in four
+separate histogram passes, ``scipy.ndimage.convolve`` and a full-image feature transform. Here one
+pass per image collects sufficient statistics (256-bin histograms split by GT class, a few counts and
+three scalars) and every threshold curve is computed for all images at once from the stacked
+histograms; the S-measure comes from row sums, and the weighted F-measure runs its nearest-object
+search (still scipy's, whose tie-breaking the results depend on) and its 7x7 filter (OpenCV, separable)
+on the object's bounding box only. About 4x less CPU per image; ``image_statistics`` is a plain
+top-level function, so evaluation spreads it over worker processes. Agreement with pysodmetrics:
+~1e-9 for the S-measure and weighted F (float32 distance weights), exact elsewhere.
 
 Inputs: ``pred`` is an HxW map, uint8 (read as value/255) or float in [0, 1] (computed in float64);
 ``gt`` is boolean, or uint8 binarised at 128 (``gt >= 128``). Predictions are used as given (no

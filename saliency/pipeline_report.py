@@ -9,7 +9,7 @@ from pathlib import Path
 
 from discovery.io import atomic_write_text
 
-HEADLINE_METRICS = ("max_f_beta", "iou", "accuracy", "mae", "s_measure", "max_e_measure", "weighted_f")
+HEADLINE_METRICS = ("max_f_beta", "iou", "accuracy", "max_f", "mae", "s_measure", "max_e", "weighted_f")
 
 
 def _metrics(results_path: Path) -> dict:

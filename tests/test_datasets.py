@@ -133,6 +133,7 @@ def test_offline_download_says_where_to_put_the_files(tmp_path, monkeypatch):
         D.open_dataset("ECSSD", tmp_path / "ECSSD")
     message = str(info.value)
     assert "images.zip" in message and str(tmp_path / "ECSSD") in message and "network unreachable" in message
+    assert not (tmp_path / "ECSSD").exists()  # no empty folder left behind
 
     def forbidden(*args, **kwargs):
         raise AssertionError("download attempted with download=False")

@@ -208,3 +208,25 @@ def test_one_source_only(dataset, predictions, capsys):
     with pytest.raises(SystemExit) as info:
         main(["evaluate", "--dataset", str(dataset), "--predictions", str(predictions), "--baseline", "classical"])
     assert info.value.code == 2
+
+
+def test_worker_processes_after_opencv_threads_ran_here(dataset, tmp_path):
+    """Forked metric workers must not hang when this process has used OpenCV's thread pool (the
+    classical baseline does, before the first map is handed to a worker)."""
+    import threading
+
+    from saliency.baselines import classical_saliency
+    from saliency.datasets import open_dataset
+    from saliency.evaluate import evaluate_predictor
+
+    classical_saliency(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    outcome = {}
+
+    def evaluate():
+        outcome["results"] = evaluate_predictor(classical_saliency, open_dataset(dataset), tmp_path / "w", name="classical", workers=2, progress=False)
+
+    worker = threading.Thread(target=evaluate, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "evaluation with worker processes hung"
+    assert outcome["results"]["config"]["workers"] == 2
