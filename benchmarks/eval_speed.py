@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -133,29 +133,15 @@ def run_pysodmetrics(folder: Path, workers: int) -> dict:
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    try:
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The shared machine description plus the versions the metrics run on."""
+    from importlib.metadata import version
+
     import numpy
     import scipy
 
-    info.update(numpy=numpy.__version__, scipy=scipy.__version__)
-    try:
-        from importlib.metadata import version
-
-        info["pysodmetrics"] = version("pysodmetrics")
-        info["opencv"] = version("opencv-python-headless")
-    except Exception:
-        pass
+    info = machine_info()
+    info.update(numpy=numpy.__version__, scipy=scipy.__version__, pysodmetrics=version("pysodmetrics"),
+                opencv=version("opencv-python-headless"))
     return info
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from discovery.generators.biggan import BIGBIGAN_128, BIGGAN_128, BigGANGenerator  # noqa: E402
 from discovery.generators.biggan_deep import BigGANDeepConfig, BigGANDeepGenerator  # noqa: E402
+from machine import machine_info
 
 ARCHITECTURES = {
     "biggan-deep-128": lambda: BigGANDeepGenerator(BigGANDeepConfig.for_resolution(128)),
@@ -47,33 +46,6 @@ ARCHITECTURES = {
     "bigbigan-128": lambda: BigGANGenerator(BIGBIGAN_128, conditional=False, name="bigbigan-128"),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def machine(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synchronize(device: torch.device) -> None:
@@ -192,7 +164,7 @@ def main(argv=None) -> int:
     compile_modes = [False, True] if args.compile else [False]
 
     result = {
-        "machine": machine(device),
+        "machine": machine_info(device),
         "command": "python benchmarks/generator_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": dict(warmup=args.warmup, seconds=args.seconds, batch_sizes=batch_sizes, precisions=precisions),
         "rows": [],

@@ -23,44 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: torch.device) -> dict:
-    info = {
-        "cpu": cpu_name(),
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        info["load_average_1_5_15"] = list(os.getloadavg())
-    except OSError:
-        pass
-    return info
 
 
 def time_one(args, resolution: int, device: torch.device) -> dict:
@@ -132,7 +103,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# Hessian speed: batched forward-over-reverse HVPs vs a loop of backward passes",
         "",
-        f"{report['task']}. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch thread(s), "
+        f"{report['task']}. Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, {m['torch_threads']} torch thread(s), "
         f"torch {m['torch']}, device {m['device']}; load average before the run {m.get('load_average_before')}. "
         f"{report['repeats']} interleaved repetitions after a warm-up, best reported; vmap chunk {report['batch_size']}.",
         "",
@@ -183,7 +154,7 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "runs": runs,
-        "machine": {**machine(device), "load_average_before": load_before},
+        "machine": {**machine_info(device), "load_average_before": load_before},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(["python", "benchmarks/hessian_speed.py"] + (list(argv) if argv is not None else sys.argv[1:])),
     }

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -36,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from discovery.directions import Directions  # noqa: E402
 from discovery.generators import create_generator, list_generators  # noqa: E402
-from discovery.io import run_manifest, write_json  # noqa: E402
+from discovery.io import write_json  # noqa: E402
 from saliency.masks import IntensityMaskRule, LightingMaskRule  # noqa: E402
 from saliency.synthesize import PairSynthesizer, synthesize  # noqa: E402
+from machine import machine_info
 
 # Per generator: a direction and a rule that keep a steady share of candidates, so that the
 # stall guard never fires on untrained weights (random directions on tiny-dcgan and horse-64).
@@ -210,22 +210,6 @@ def stage_costs(synthesizer: PairSynthesizer, batch_size: int) -> dict:
     return costs
 
 
-def machine() -> dict:
-
-    info = run_manifest()
-    info.update({"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                 "torch_threads": torch.get_num_threads(),
-                 "load_average_1_5_15min": os.getloadavg() if hasattr(os, "getloadavg") else None})
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generators", default=None, help="comma-separated names (default: procedural, tiny-dcgan, horse-64 when registered)")
@@ -259,7 +243,7 @@ def main(argv=None) -> int:
         print(f"{name:12s} {result['resolution']:4d}px  bound {result['bound_candidates_per_s']:9.1f}/s  "
               f"pipeline {result['pipeline_candidates_per_s']:9.1f}/s  ratio {result['ratio_to_bound']:.3f}  "
               f"kept {result['kept_pairs_per_s']:9.1f}/s  rejected {result['rejection_rate']:.1%}", flush=True)
-    report = {"benchmark": "synthesis_speed", "target_ratio": 0.85, "machine": machine(), "results": results, "skipped": skipped}
+    report = {"benchmark": "synthesis_speed", "target_ratio": 0.85, "machine": machine_info(), "results": results, "skipped": skipped}
     out = Path(args.out)
     write_json(report, out.with_suffix(".json"))
     lines = [

@@ -191,10 +191,11 @@ def export_generator(G_ema, path: str | Path, *, config: dict, manifest: dict, h
 
     weights = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone() for k, v in G_ema.state_dict().items()}
     atomic_torch_save({"format": GAN_FORMAT, "generator_ema": weights, "config": plain_manifest(config), "manifest": plain_manifest(manifest)}, path)
+    Path(path).chmod(0o644)  # a file that ships in the package: readable by every user
     return Path(path)
 
 
-def export_from_snapshot(snapshot: str | Path, path: str | Path, half: bool = True) -> Path:
+def export_from_snapshot(snapshot: str | Path, path: str | Path, half: bool = True, **manifest_extra) -> Path:
     """Turn a training snapshot (or a generator file) into the shippable generator file."""
     from discovery.generators.horse import generator_from_checkpoint, read_gan_file
 
@@ -203,6 +204,7 @@ def export_from_snapshot(snapshot: str | Path, path: str | Path, half: bool = Tr
     manifest = dict(state.get("manifest") or {})
     manifest.setdefault("step", state.get("step"))
     manifest["exported_from"] = str(snapshot)
+    manifest.update(manifest_extra)
     return export_generator(G_ema, path, config=G_ema.config(), manifest=manifest, half=half)
 
 

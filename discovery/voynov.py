@@ -107,6 +107,7 @@ class VoynovTrainer:
         self.reconstructor = reconstructor.to(device).train()
         if device.type == "cuda":
             self.reconstructor.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
         self.batch_size, self.shift_scale, self.min_shift = batch_size, shift_scale, min_shift
         self.label_weight, self.shift_weight = label_weight, shift_weight
         self.count = deformator.count
@@ -449,7 +450,12 @@ def discover_voynov(
     generator_options=None,         # how to rebuild the generator (classes, truncation, weights), kept in directions.pt
     progress=True,                  # titled sections and progress bars
 ) -> Directions:
-    """Train a deformator and a reconstructor; return (and save in ``out_dir``) the directions."""
+    """Train a deformator and a reconstructor; return (and save in ``out_dir``) the directions.
+
+    The generator is moved to ``device``, put in eval mode and frozen (``requires_grad_(False)``)
+    in place. Row k of the returned matrix is column k of the deformator, unnormalised for the
+    linear deformator, so ``z + eps * matrix[k]`` with |eps| <= shift_scale is what training saw.
+    """
     from discovery.io import run_manifest, write_json
     from discovery.runtime import resolve_device
 

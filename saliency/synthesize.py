@@ -142,26 +142,33 @@ class PairSynthesizer:
 # ----------------------------------------------------------------------------- choices
 def choose_sign(generator, directions, index: int, rule: MaskRule, *, seed: int = 0, samples: int = 64,
                 batch_size: int = 32, device=None, prefer: int = 1, margin: float = 0.05) -> tuple[int, dict]:
-    """The sign whose shift passes ``rule`` more often on ``samples`` probe latents.
+    """The shift sign whose masks look like objects rather than backgrounds, from ``samples`` probe latents.
 
-    ``prefer`` (e.g. from the background ranking) wins unless the other sign's keep rate is
-    higher by more than ``margin``. Rules want opposite things of a background direction (the
-    intensity rule a whiter background, the lighting rule a darker background and brighter
-    object) and a wrong sign makes nearly every mask cover the background (rejected as too
-    large), so the keep rate tells the signs apart.
+    A wrong sign makes the rule mark the background instead of the object, and backgrounds
+    run into the image border while objects mostly sit inside it; so the sign whose kept
+    masks cover less of the border wins. ``prefer`` (e.g. from the background ranking) wins
+    unless the other sign's border coverage is lower by more than ``margin``, or it keeps
+    no mask at all. Keep rates are reported but not used: with large objects a correct sign
+    is often rejected more (area above the limit) than a wrong one.
     """
-    rates = {}
+    probe = {}
     for sign in (1, -1):
         synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
         kept = total = 0
+        border_sum = 0.0
         stream = torch.Generator().manual_seed(seed + 7919)  # the same probe latents for both signs
         while total < samples:
-            keep = synthesizer.sample(min(batch_size, samples - total), stream)[2]
+            _, masks, keep = synthesizer.sample(min(batch_size, samples - total), stream)
+            masks = masks[keep].float()
+            if len(masks):
+                border = torch.cat([masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1]], dim=1)
+                border_sum += float(border.mean(1).sum())
             kept += int(keep.sum())
             total += len(keep)
-        rates[sign] = kept / total
-    best = -prefer if rates[-prefer] > rates[prefer] + margin else prefer
-    return best, {"+1": rates[1], "-1": rates[-1]}
+        probe[f"{sign:+d}"] = {"keep_rate": kept / total, "border_coverage": border_sum / kept if kept else 1.0}
+    mine, other = probe[f"{prefer:+d}"], probe[f"{-prefer:+d}"]
+    switch = (mine["keep_rate"] == 0 and other["keep_rate"] > 0) or other["border_coverage"] + margin < mine["border_coverage"]
+    return (-prefer if switch else prefer), probe
 
 
 def rule_sign(rule: MaskRule, dimming_sign: int) -> int:

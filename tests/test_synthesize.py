@@ -115,8 +115,14 @@ def test_lighting_rule_end_to_end(procedural_generator, directions, tmp_path):
     G.factors, G.grid = procedural_generator.factors, procedural_generator.grid
     rule = LightingMaskRule()  # paper shift 5 at shift_scale 6
     lighting_directions = Directions(directions.matrix, generator="lighting-toy", method="truth", shift_scale=6.0)
-    sign, rates = choose_sign(G, lighting_directions, BACKGROUND, rule, samples=32)
-    assert sign == 1 and rates["+1"] > 0.9 and rates["-1"] == 0.0
+    sign, probe = choose_sign(G, lighting_directions, BACKGROUND, rule, samples=32)
+    assert sign == 1 and probe["+1"]["keep_rate"] > 0.9 and probe["-1"]["keep_rate"] == 0.0
+    # With no area limit the wrong sign keeps masks too, but they are the background: they run into
+    # the image border, so the probe overrules a wrong preference.
+    unlimited = LightingMaskRule(max_area=1.01, bimodality=0)
+    sign, probe = choose_sign(G, lighting_directions, BACKGROUND, unlimited, samples=32, prefer=-1)
+    assert sign == 1 and probe["-1"]["keep_rate"] > 0.5
+    assert probe["+1"]["border_coverage"] < 0.1 < 0.9 < probe["-1"]["border_coverage"]
     images, masks, keep = PairSynthesizer(G, lighting_directions, BACKGROUND, rule).sample(8, torch.Generator().manual_seed(0))
     assert images.dtype == torch.uint8 and images.shape == (8, 32, 32, 3) and masks.shape == (8, 32, 32) and keep.dtype == torch.bool
     synthesize(G, lighting_directions, BACKGROUND, tmp_path / "l", n=12, rule=rule, batch_size=8, shard_size=5,
@@ -221,7 +227,7 @@ def test_command_line_writes_pairs(directions_file, tmp_path, capsys):
     assert main(argv) == 0
     assert "wrote 10 pairs" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["sign"] == 1 and manifest["sign_choice"]["probe_keep_rate"]["-1"] == 0.0
+    assert manifest["sign"] == 1 and manifest["sign_choice"]["probe"]["-1"]["keep_rate"] == 0.0
     # --index auto finds the background direction and the sign the intensity rule needs.
     auto = [value for value in argv]
     auto[auto.index("--index") + 1], auto[auto.index("--out") + 1] = "auto", str(tmp_path / "auto")
@@ -240,7 +246,7 @@ def test_index_auto_follows_the_ranking_and_the_rules_sign(procedural_generator,
     index, dimming, source = resolve_background_index(procedural_generator, directions, tmp_path / "directions.pt")
     assert (index, dimming, source) == (BACKGROUND, -1, "rank_background_directions")
     assert rule_sign(INTENSITY, dimming) == 1 and rule_sign(LightingMaskRule(), dimming) == -1
-    # The probe keeps the preferred sign, and overrules a wrong preference by its keep rate.
+    # The probe keeps the preferred sign, and overrules a wrong preference (whose masks are rejected or touch the border).
     assert choose_sign(procedural_generator, directions, BACKGROUND, INTENSITY, prefer=1, samples=16)[0] == 1
     assert choose_sign(procedural_generator, directions, BACKGROUND, INTENSITY, prefer=-1, samples=16)[0] == 1
     # Stored scores, then a ranking file beside the directions file, take precedence over scoring.

@@ -9,7 +9,6 @@ from discovery.checkpoints import read_checkpoint
 from discovery.deformators import build_deformator
 from discovery.directions import Directions, load_directions
 from discovery.errors import UserError
-from discovery.generators import create_generator
 from discovery.voynov import CHECKPOINT, VoynovTrainer, discover_voynov, measure_rca
 
 FAST = dict(batch_size=8, rca_samples=32, log_every=2, progress=False)

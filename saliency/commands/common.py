@@ -17,6 +17,19 @@ def add_generator_arguments(parser: argparse.ArgumentParser, default: str | None
     group.add_argument("--truncation", type=float, default=None, help="BigGAN-deep truncation in (0, 1]")
 
 
+def shift_sign(value: str):
+    """argparse type for --sign: 1, -1 or auto."""
+    if value == "auto":
+        return value
+    try:
+        sign = int(value)
+    except ValueError:
+        sign = 0
+    if sign not in (1, -1):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected 1, -1 or auto")
+    return sign
+
+
 def generator_options(args: argparse.Namespace) -> dict:
     """The generator keyword options a user set (kept in the directions file for later stages)."""
     options = {}
@@ -36,3 +49,50 @@ def build_generator(args: argparse.Namespace, device, name: str | None = None, w
     if name is None:
         raise UserError("--generator is required")
     return create_generator(name, weights=weights if weights is not None else args.weights, device=device, **(options if options is not None else generator_options(args)))
+
+
+def generator_for_directions(args: argparse.Namespace, directions, device):
+    """The generator a directions file was made with, honouring --generator/--weights/--classes overrides.
+
+    The file records the generator's name and options (and the weights path when one was
+    given); an explicit --generator that names another generator, or a generator whose latent
+    size differs from the file's, is a user error.
+    """
+    from pathlib import Path
+
+    name = args.generator or directions.generator
+    if args.generator and args.generator != directions.generator:
+        raise UserError(f"--generator {args.generator}: {args.directions} holds directions of {directions.generator!r}")
+    options = {k: v for k, v in (directions.generator_options or {}).items() if k != "weights"}
+    options.update(generator_options(args))
+    weights = args.weights
+    recorded = (directions.generator_options or {}).get("weights")
+    if weights is None and recorded and Path(recorded).exists():
+        weights = recorded
+    generator = build_generator(args, device, name=name, weights=weights, options=options)
+    if generator.dim_z != directions.dim_z:
+        raise UserError(f"--directions {args.directions}: dim_z {directions.dim_z} does not match generator {name!r} (dim_z {generator.dim_z})")
+    return generator, options
+
+
+def background_direction_choice(args: argparse.Namespace, generator, directions, rule, device) -> tuple[int, int, dict]:
+    """(index, sign, provenance) for --index I|auto and --sign 1|-1|auto, shared by synthesize and train-segmenter."""
+    from saliency.synthesize import background_sign_of, choose_sign, resolve_background_index, rule_sign
+
+    provenance: dict = {}
+    if args.index == "auto":
+        index, dimming_sign, source = resolve_background_index(generator, directions, args.directions, seed=args.seed)
+        provenance["index_choice"] = {"source": source, "index": index, "background_dimming_sign": dimming_sign}
+    else:
+        try:
+            index = int(args.index)
+        except ValueError:
+            raise UserError(f"--index {args.index!r}: expected a direction number or 'auto'") from None
+        directions.direction(index)  # range check, one-line error
+        dimming_sign = background_sign_of(directions, index)
+    sign = args.sign
+    if sign == "auto":
+        prefer = rule_sign(rule, dimming_sign) if dimming_sign else 1
+        sign, probe = choose_sign(generator, directions, index, rule, seed=args.seed, device=device, prefer=prefer)
+        provenance["sign_choice"] = {"rule": rule.name, "preferred": prefer, "probe": probe, "sign": sign}
+    return index, int(sign), provenance

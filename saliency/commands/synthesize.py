@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from saliency.commands.common import add_generator_arguments, generator_options
+from saliency.commands.common import add_generator_arguments, shift_sign
 
 NAME = "synthesize"
 HELP = "write synthetic image/mask pairs (WebDataset shards or PNG folders) from a background direction"
@@ -22,27 +22,13 @@ torchrun from taking --n or --sign for abbreviations of its own options). Writes
 """
 
 
-def _sign(value: str):
-    if value == "auto":
-        return value
-    try:
-        sign = int(value)
-    except ValueError:
-        sign = 0
-    if sign not in (1, -1):
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"{value!r}: expected 1, -1 or auto")
-    return sign
-
-
 def add_arguments(parser):
     add_generator_arguments(parser, default=None)
     parser.add_argument("--directions", required=True, help="directions.pt written by `saliency discover`")
     parser.add_argument("--index", default="auto", help="row of the background direction, or 'auto' (background ranking)")
-    parser.add_argument("--sign", type=_sign, default="auto",
+    parser.add_argument("--sign", type=shift_sign, default="auto",
                         help="1 or -1: which way to shift; auto: the background ranking's sign (adapted to the rule), "
-                             "unless the other sign passes the rule clearly more often on 64 probe latents")
+                             "unless on 64 probe latents the other sign's masks touch the image border clearly less")
     parser.add_argument("--n", "--pairs", dest="n", type=int, default=100_000,
                         help="pairs to write (all ranks together)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -64,63 +50,33 @@ def add_arguments(parser):
 
 
 def run(args):
-    from pathlib import Path
-
     from discovery.directions import Directions
-    from discovery.errors import UserError
     from saliency.synthesize import rank_context
 
     directions = Directions.load(args.directions)
-    name = args.generator or directions.generator
-    if args.generator and args.generator != directions.generator:
-        raise UserError(f"--generator {args.generator}: {args.directions} holds directions of {directions.generator!r}")
-    options = {k: v for k, v in (directions.generator_options or {}).items() if k != "weights"}
-    options.update(generator_options(args))
-    weights = args.weights
-    recorded = (directions.generator_options or {}).get("weights")
-    if weights is None and recorded and Path(recorded).exists():
-        weights = recorded
     ctx = rank_context()
     try:
-        _run(args, directions, name, options, weights, ctx)
+        _run(args, directions, ctx)
     finally:
         ctx.close()
 
 
-def _run(args, directions, name, options, weights, ctx):
+def _run(args, directions, ctx):
     import os
 
-    from discovery.errors import UserError
     from discovery.runtime import resolve_device
-    from saliency.commands.common import build_generator
+    from saliency.commands.common import background_direction_choice, generator_for_directions
     from saliency.masks import build_rule
-    from saliency.synthesize import background_sign_of, choose_sign, resolve_background_index, rule_sign, synthesize
+    from saliency.synthesize import synthesize
 
     device = resolve_device(args.device)
     if ctx.world_size > 1 and device.type == "cuda" and device.index is None:
         device = resolve_device(f"cuda:{ctx.local_rank}")
-    generator = build_generator(args, device, name=name, weights=weights, options=options)
-    if generator.dim_z != directions.dim_z:
-        raise UserError(f"--directions {args.directions}: dim_z {directions.dim_z} does not match generator {name!r} (dim_z {generator.dim_z})")
-
+    generator, options = generator_for_directions(args, directions, device)
     rule = build_rule(args.rule, shift=args.shift, threshold=args.threshold, min_area=args.min_area,
                       max_area=args.max_area, component_ratio=args.component_ratio, bimodality=args.bimodality)
-    extra = {"directions": {"path": os.path.abspath(args.directions)}}
-    if args.index == "auto":
-        index, dimming_sign, source = resolve_background_index(generator, directions, args.directions, seed=args.seed)
-        extra["index_choice"] = {"source": source, "index": index, "background_dimming_sign": dimming_sign}
-    else:
-        try:
-            index = int(args.index)
-        except ValueError:
-            raise UserError(f"--index {args.index!r}: expected a direction number or 'auto'") from None
-        directions.direction(index)  # range check, one-line error
-        dimming_sign = background_sign_of(directions, index)
-    sign = args.sign
-    if sign == "auto":
-        prefer = rule_sign(rule, dimming_sign) if dimming_sign else 1
-        sign, rates = choose_sign(generator, directions, index, rule, seed=args.seed, device=device, prefer=prefer)
-        extra["sign_choice"] = {"rule": args.rule, "preferred": prefer, "probe_keep_rate": rates, "sign": sign}
+    index, sign, choice = background_direction_choice(args, generator, directions, rule, device)
+    extra = {"directions": {"path": os.path.abspath(args.directions)}, **choice}
     manifest = synthesize(
         generator, directions, index, args.out, n=args.n, rule=rule, batch_size=args.batch_size,
         format=args.format, shard_size=args.shard_size, seed=args.seed, resume=args.resume, device=device,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from saliency.commands.common import add_generator_arguments
+from saliency.commands.common import add_generator_arguments, shift_sign
 
 NAME = "train-segmenter"
 HELP = "train a UNet segmenter on synthetic image/mask pairs"
@@ -34,7 +34,7 @@ def add_arguments(parser):
     source.add_argument("--on-the-fly", action="store_true", help="draw pairs from the generator while training instead of --data")
     source.add_argument("--directions", default=None, help="on the fly: directions.pt from `saliency discover`")
     source.add_argument("--index", default="auto", help="on the fly: background direction row, or 'auto' (background ranking)")
-    source.add_argument("--sign", default="auto", help="on the fly: 1 or -1, the way to shift; auto: the sign the rule keeps more often")
+    source.add_argument("--sign", type=shift_sign, default="auto", help="on the fly: 1 or -1, the way to shift; auto: as `saliency synthesize` chooses")
     rules = parser.add_argument_group("on-the-fly mask rule (as `saliency synthesize`; unset options keep the rule's paper values)")
     rules.add_argument("--rule", choices=("intensity", "lighting"), default="lighting", help="mask rule")
     rules.add_argument("--shift", type=float, default=None, help="latent shift (default: the rule's, scaled by the file's shift_scale / 6)")
@@ -75,48 +75,21 @@ def add_arguments(parser):
 
 def _build_synthesizer(args, device):
     """The PairSynthesizer `saliency synthesize` would use with the same options."""
-    from pathlib import Path
-
     from discovery.directions import Directions
     from discovery.errors import UserError
-    from saliency.commands.common import build_generator, generator_options
+    from saliency.commands.common import background_direction_choice, generator_for_directions
     from saliency.masks import build_rule
-    from saliency.synthesize import PairSynthesizer, choose_sign, resolve_background_index
+    from saliency.synthesize import PairSynthesizer
 
     if args.directions is None:
         raise UserError("--on-the-fly needs --directions FILE (directions.pt from `saliency discover`)")
     directions = Directions.load(args.directions)
-    name = args.generator or directions.generator
-    if args.generator and args.generator != directions.generator:
-        raise UserError(f"--generator {args.generator}: {args.directions} holds directions of {directions.generator!r}")
-    options = {k: v for k, v in (directions.generator_options or {}).items() if k != "weights"}
-    options.update(generator_options(args))
-    weights = args.weights
-    recorded = (directions.generator_options or {}).get("weights")
-    if weights is None and recorded and Path(recorded).exists():
-        weights = recorded
-    generator = build_generator(args, device, name=name, weights=weights, options=options)
-    if generator.dim_z != directions.dim_z:
-        raise UserError(f"--directions {args.directions}: dim_z {directions.dim_z} does not match generator {name!r} (dim_z {generator.dim_z})")
+    generator, _ = generator_for_directions(args, directions, device)
     rule = build_rule(args.rule, shift=args.shift, threshold=args.threshold, min_area=args.min_area,
                       max_area=args.max_area, component_ratio=args.component_ratio, bimodality=args.bimodality)
-    ranked_sign = None
-    if args.index == "auto":
-        index, ranked_sign, _ = resolve_background_index(generator, directions, args.directions, seed=args.seed)
-    else:
-        try:
-            index = int(args.index)
-        except ValueError:
-            raise UserError(f"--index {args.index!r}: expected a direction number or 'auto'") from None
-        directions.direction(index)  # range check, one-line error
-    if args.sign == "auto":
-        sign, _ = choose_sign(generator, directions, index, rule, seed=args.seed, device=device, prefer=ranked_sign or 1)
-    elif args.sign in ("1", "+1", "-1"):
-        sign = int(args.sign)
-    else:
-        raise UserError(f"--sign {args.sign!r}: expected 1, -1 or auto")
+    index, sign, _ = background_direction_choice(args, generator, directions, rule, device)
     synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
-    print(f"on the fly: generator {name}, direction {index}, sign {sign:+d}, {args.rule} rule, shift {synthesizer.shift:g}")
+    print(f"on the fly: generator {generator.name}, direction {index}, sign {sign:+d}, {rule.name} rule, shift {synthesizer.shift:g}")
     return synthesizer
 
 
