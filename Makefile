@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= outputs/demo
 HORSES   ?= ../shared/data/weizmann-horse
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 -q
 
 .PHONY: setup test demo clean benchmarks
 

@@ -52,8 +52,8 @@ from discovery.errors import UserError
 REFERENCE_SHIFT_SCALE = 6.0  # shift scale of the directions the papers' shift values refer to
 
 # Why a candidate pair was rejected; 0 means kept. The order is the order the filters run in.
-REASONS = ("kept", "area_too_small", "area_too_large", "not_bimodal")
-KEPT, AREA_TOO_SMALL, AREA_TOO_LARGE, NOT_BIMODAL = range(len(REASONS))
+REASONS = ("kept", "area_too_small", "area_too_large", "not_bimodal", "touches_border")
+KEPT, AREA_TOO_SMALL, AREA_TOO_LARGE, NOT_BIMODAL, TOUCHES_BORDER = range(len(REASONS))
 
 
 class MaskResult(NamedTuple):
@@ -76,6 +76,18 @@ def area_reasons(area: torch.Tensor | np.ndarray, min_area: float, max_area: flo
     lib = torch if isinstance(area, torch.Tensor) else np
     reasons = lib.where(area <= min_area, AREA_TOO_SMALL, lib.where(area >= max_area, AREA_TOO_LARGE, KEPT))
     return reasons.to(torch.int8) if lib is torch else reasons.astype(np.int8)
+
+
+def border_coverage(masks: torch.Tensor) -> torch.Tensor:
+    """Fraction of the one-pixel image border that each (N, H, W) mask covers.
+
+    Objects sit inside the frame and backgrounds run into it, so a mask that covers much of the
+    border has most likely marked the background (a wrong sign, or a direction that also moves
+    the background); the sign chooser and the optional ``max_border`` filter both use this.
+    """
+    masks = masks.float()
+    border = torch.cat([masks[:, 0], masks[:, -1], masks[:, 1:-1, 0], masks[:, 1:-1, -1]], dim=1)
+    return border.mean(1)
 
 
 def smoothed_histograms(images: torch.Tensor, bins: int = 12, window: int = 3) -> torch.Tensor:
@@ -151,6 +163,7 @@ class MaskRule:
     needs_host = False  # whether ``refine`` does work (connected components) on the host
 
     shift: float | None = None
+    max_border: float | None = None
 
     def for_directions(self, directions, index: int | None = None) -> "MaskRule":
         """This rule with ``shift`` resolved for a directions file (``None`` -> scaled paper value).
@@ -170,10 +183,24 @@ class MaskRule:
         """Host stage for one sample; the default keeps the device stage's verdict."""
         return mask, reason
 
+    @property
+    def host_stage(self) -> bool:
+        """Whether ``finish_one`` has work to do on the host."""
+        return self.needs_host or self.max_border is not None
+
+    def finish_one(self, mask: np.ndarray, reason: int) -> tuple[np.ndarray, int]:
+        """Host stage for one sample: the rule's own refinement, then the optional border filter."""
+        if self.needs_host:
+            mask, reason = self.refine_one(mask, reason)
+        if reason == KEPT and self.max_border is not None:
+            if float(border_coverage(torch.from_numpy(np.asarray(mask)[None]))[0]) > self.max_border:
+                reason = TOUCHES_BORDER
+        return mask, reason
+
     def refine(self, masks: np.ndarray, reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         masks, reasons = np.array(masks, dtype=bool), np.array(reasons, dtype=np.int8)
         for i in range(len(masks)):
-            masks[i], reasons[i] = self.refine_one(masks[i], int(reasons[i]))
+            masks[i], reasons[i] = self.finish_one(masks[i], int(reasons[i]))
         return masks, reasons
 
     @torch.no_grad()
@@ -181,7 +208,7 @@ class MaskRule:
         if original.shape != shifted.shape or original.ndim != 4 or original.shape[1] != 3:
             raise ValueError(f"expected two (N, 3, H, W) batches, got {tuple(original.shape)} and {tuple(shifted.shape)}")
         masks, reasons = self.propose(original, shifted)
-        if self.needs_host:
+        if self.host_stage:
             host_masks, host_reasons = self.refine(masks.cpu().numpy(), reasons.cpu().numpy())
             masks = torch.from_numpy(host_masks).to(original.device)
             reasons = torch.from_numpy(host_reasons).to(original.device)
@@ -206,6 +233,7 @@ class IntensityMaskRule(MaskRule):
     threshold: float = 0.95  # luma in [0, 1] under which a pixel of the shifted image is foreground
     min_area: float = 0.05  # kept only if the mask covers more than this fraction ...
     max_area: float = 0.5  # ... and less than this one
+    max_border: float | None = None  # not in the paper: reject masks covering more of the image border than this
 
     def propose(self, original, shifted):
         masks = luma(shifted) < self.threshold
@@ -226,6 +254,7 @@ class LightingMaskRule(MaskRule):
     min_area: float = 0.0  # ... or this fraction or less (0: only empty masks)
     bimodality: int = 2  # least number of peaks in the shifted image's smoothed histogram; 0 disables
     component_ratio: float = 0.2  # keep components larger than this fraction of the largest; 0 keeps all
+    max_border: float | None = None  # not in the paper: reject masks covering more of the image border than this
     histogram_bins: int = 12
     histogram_window: int = 3
 
@@ -257,12 +286,13 @@ def build_rule(
     max_area: float | None = None,
     component_ratio: float | None = None,
     bimodality: int | None = None,
+    max_border: float | None = None,
 ) -> MaskRule:
     """A rule by name with the options a user set (None keeps the rule's default); bad values are UserErrors."""
     if name not in RULES:
         raise UserError(f"--rule {name!r}: unknown mask rule (known: {', '.join(RULES)})")
     options = {"shift": shift, "threshold": threshold, "min_area": min_area, "max_area": max_area,
-               "component_ratio": component_ratio, "bimodality": bimodality}
+               "component_ratio": component_ratio, "bimodality": bimodality, "max_border": max_border}
     fields = {f.name for f in dataclasses.fields(RULES[name])}
     for key, value in options.items():
         if value is not None and key not in fields:
@@ -271,7 +301,7 @@ def build_rule(
         raise UserError(f"--shift {shift}: must be positive (use --sign -1 to shift the other way)")
     if threshold is not None and not 0 < threshold <= 1:
         raise UserError(f"--threshold {threshold}: must be in (0, 1] (luma of the shifted image)")
-    for key in ("min_area", "max_area"):
+    for key in ("min_area", "max_area", "max_border"):
         if options[key] is not None and not 0 <= options[key] <= 1:
             raise UserError(f"--{key.replace('_', '-')} {options[key]}: must be a fraction of the image in [0, 1]")
     if component_ratio is not None and not 0 <= component_ratio < 1:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from discovery.errors import UserError
-from saliency.masks import KEPT, REASONS, MaskRule
+from saliency.masks import KEPT, REASONS, MaskRule, border_coverage
 from saliency.pairs import (
     MANIFEST,
     PAIRS_FORMAT,
@@ -159,10 +159,7 @@ def choose_sign(generator, directions, index: int, rule: MaskRule, *, seed: int 
         stream = torch.Generator().manual_seed(seed + 7919)  # the same probe latents for both signs
         while total < samples:
             _, masks, keep = synthesizer.sample(min(batch_size, samples - total), stream)
-            masks = masks[keep].float()
-            if len(masks):
-                border = torch.cat([masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1]], dim=1)
-                border_sum += float(border.mean(1).sum())
+            border_sum += float(border_coverage(masks[keep]).sum())
             kept += int(keep.sum())
             total += len(keep)
         probe[f"{sign:+d}"] = {"keep_rate": kept / total, "border_coverage": border_sum / kept if kept else 1.0}
@@ -384,8 +381,8 @@ def _finish_chunk(rule: MaskRule, images: np.ndarray, masks: np.ndarray, reasons
     out = []
     for position in range(max(lo, skip), hi):
         mask, reason = masks[position], int(reasons[position])
-        if rule.needs_host:
-            mask, reason = rule.refine_one(mask, reason)
+        if rule.host_stage:
+            mask, reason = rule.finish_one(mask, reason)
         if reason == KEPT:
             out.append((position, reason, encode_png(images[position]), encode_png(mask.astype(np.uint8) * 255)))
         else:

@@ -11,8 +11,10 @@ from saliency.masks import (
     AREA_TOO_SMALL,
     KEPT,
     NOT_BIMODAL,
+    TOUCHES_BORDER,
     IntensityMaskRule,
     LightingMaskRule,
+    border_coverage,
     build_rule,
     connected_components_filter,
     count_peaks,
@@ -80,6 +82,18 @@ def test_lighting_rule_foreground_is_what_got_brighter():
     # The other sign (background lighter) marks the background: too large, rejected.
     result = LightingMaskRule(shift=5.0).evaluate(shifted, original)
     assert result.reasons.tolist() == [AREA_TOO_LARGE]
+
+
+def test_border_filter_rejects_masks_running_into_the_frame_and_is_off_by_default():
+    inside, edge = square(10, top=8, left=8), square(10, top=0, left=0)
+    assert border_coverage(torch.from_numpy(np.stack([inside, edge]))).tolist() == pytest.approx([0.0, 19 / 124])
+    original, shifted = lighting_pair([inside, edge])
+    assert LightingMaskRule(shift=5.0).evaluate(original, shifted).reasons.tolist() == [KEPT, KEPT]
+    strict = build_rule("lighting", shift=5.0, max_border=0.1)
+    assert strict.evaluate(original, shifted).reasons.tolist() == [KEPT, TOUCHES_BORDER]
+    # The intensity rule gets the same filter through the shared host stage.
+    whitened = grey(np.where(np.stack([inside, edge]), -0.5, 1.0))
+    assert IntensityMaskRule(shift=26.0, max_border=0.1).evaluate(whitened, whitened).reasons.tolist() == [KEPT, TOUCHES_BORDER]
 
 
 def test_lighting_connected_components_drop_specks_and_keep_large_parts():
@@ -163,6 +177,7 @@ def test_shift_defaults_scale_with_the_directions_file():
         ("lighting", {"shift": -5.0}),
         ("lighting", {"bimodality": -1}),
         ("lighting", {"component_ratio": 1.0}),
+        ("lighting", {"max_border": 1.5}),
     ],
 )
 def test_bad_rule_options_are_user_errors(name, options):

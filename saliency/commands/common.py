@@ -96,3 +96,25 @@ def background_direction_choice(args: argparse.Namespace, generator, directions,
         sign, probe = choose_sign(generator, directions, index, rule, seed=args.seed, device=device, prefer=prefer)
         provenance["sign_choice"] = {"rule": rule.name, "preferred": prefer, "probe": probe, "sign": sign}
     return index, int(sign), provenance
+
+
+def add_mask_rule_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    """The mask-rule options, identical for synthesize and on-the-fly train-segmenter."""
+    rules = parser.add_argument_group(title)
+    rules.add_argument("--rule", choices=("intensity", "lighting"), default="lighting", help="mask rule")
+    rules.add_argument("--shift", type=float, default=None, help="latent shift (default: the rule's, scaled by the file's shift_scale / 6)")
+    rules.add_argument("--threshold", type=float, default=None, help="intensity: luma under which the shifted image is foreground (0.95)")
+    rules.add_argument("--min-area", type=float, default=None, help="reject masks covering this fraction or less (intensity 0.05, lighting 0)")
+    rules.add_argument("--max-area", type=float, default=None, help="reject masks covering this fraction or more (0.5)")
+    rules.add_argument("--component-ratio", type=float, default=None, help="lighting: keep components above this fraction of the largest (0.2)")
+    rules.add_argument("--bimodality", type=int, default=None, help="lighting: least histogram peaks of the shifted image (2; 0 disables)")
+    rules.add_argument("--max-border", type=float, default=None,
+                       help="not in the papers: reject masks covering more than this fraction of the image border (default: off)")
+
+
+def mask_rule_from_args(args: argparse.Namespace):
+    from saliency.masks import build_rule
+
+    return build_rule(args.rule, shift=args.shift, threshold=args.threshold, min_area=args.min_area,
+                      max_area=args.max_area, component_ratio=args.component_ratio, bimodality=args.bimodality,
+                      max_border=args.max_border)

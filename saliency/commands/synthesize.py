@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from saliency.commands.common import add_generator_arguments, shift_sign
+from saliency.commands.common import add_generator_arguments, add_mask_rule_arguments, shift_sign
 
 NAME = "synthesize"
 HELP = "write synthetic image/mask pairs (WebDataset shards or PNG folders) from a background direction"
@@ -33,14 +33,7 @@ def add_arguments(parser):
                         help="pairs to write (all ranks together)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--format", choices=("shards", "png"), default="shards", help="WebDataset tar shards or PNG folders")
-    rules = parser.add_argument_group("mask rule (unset options keep the rule's paper values)")
-    rules.add_argument("--rule", choices=("intensity", "lighting"), default="lighting", help="mask rule")
-    rules.add_argument("--shift", type=float, default=None, help="latent shift (default: the rule's, scaled by the file's shift_scale / 6)")
-    rules.add_argument("--threshold", type=float, default=None, help="intensity: luma under which the shifted image is foreground (0.95)")
-    rules.add_argument("--min-area", type=float, default=None, help="reject masks covering this fraction or less (intensity 0.05, lighting 0)")
-    rules.add_argument("--max-area", type=float, default=None, help="reject masks covering this fraction or more (0.5)")
-    rules.add_argument("--component-ratio", type=float, default=None, help="lighting: keep components above this fraction of the largest (0.2)")
-    rules.add_argument("--bimodality", type=int, default=None, help="lighting: least histogram peaks of the shifted image (2; 0 disables)")
+    add_mask_rule_arguments(parser, "mask rule (unset options keep the rule's paper values)")
     parser.add_argument("--batch-size", type=int, default=64, help="candidates per generator call")
     parser.add_argument("--shard-size", type=int, default=1000, help="pairs per shard (and per resume unit)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -65,16 +58,14 @@ def _run(args, directions, ctx):
     import os
 
     from discovery.runtime import resolve_device
-    from saliency.commands.common import background_direction_choice, generator_for_directions
-    from saliency.masks import build_rule
+    from saliency.commands.common import background_direction_choice, generator_for_directions, mask_rule_from_args
     from saliency.synthesize import synthesize
 
     device = resolve_device(args.device)
     if ctx.world_size > 1 and device.type == "cuda" and device.index is None:
         device = resolve_device(f"cuda:{ctx.local_rank}")
     generator, options = generator_for_directions(args, directions, device)
-    rule = build_rule(args.rule, shift=args.shift, threshold=args.threshold, min_area=args.min_area,
-                      max_area=args.max_area, component_ratio=args.component_ratio, bimodality=args.bimodality)
+    rule = mask_rule_from_args(args)
     index, sign, choice = background_direction_choice(args, generator, directions, rule, device)
     extra = {"directions": {"path": os.path.abspath(args.directions)}, **choice}
     manifest = synthesize(

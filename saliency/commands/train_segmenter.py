@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from saliency.commands.common import add_generator_arguments, shift_sign
+from saliency.commands.common import add_generator_arguments, add_mask_rule_arguments, shift_sign
 
 NAME = "train-segmenter"
 HELP = "train a UNet segmenter on synthetic image/mask pairs"
@@ -35,14 +35,7 @@ def add_arguments(parser):
     source.add_argument("--directions", default=None, help="on the fly: directions.pt from `saliency discover`")
     source.add_argument("--index", default="auto", help="on the fly: background direction row, or 'auto' (background ranking)")
     source.add_argument("--sign", type=shift_sign, default="auto", help="on the fly: 1 or -1, the way to shift; auto: as `saliency synthesize` chooses")
-    rules = parser.add_argument_group("on-the-fly mask rule (as `saliency synthesize`; unset options keep the rule's paper values)")
-    rules.add_argument("--rule", choices=("intensity", "lighting"), default="lighting", help="mask rule")
-    rules.add_argument("--shift", type=float, default=None, help="latent shift (default: the rule's, scaled by the file's shift_scale / 6)")
-    rules.add_argument("--threshold", type=float, default=None, help="intensity: luma under which the shifted image is foreground (0.95)")
-    rules.add_argument("--min-area", type=float, default=None, help="reject masks covering this fraction or less")
-    rules.add_argument("--max-area", type=float, default=None, help="reject masks covering this fraction or more (0.5)")
-    rules.add_argument("--component-ratio", type=float, default=None, help="lighting: keep components above this fraction of the largest (0.2)")
-    rules.add_argument("--bimodality", type=int, default=None, help="lighting: least histogram peaks of the shifted image (2; 0 disables)")
+    add_mask_rule_arguments(parser, "on-the-fly mask rule (as `saliency synthesize`; unset options keep the rule's paper values)")
     add_generator_arguments(parser, default=None)
 
     parser.add_argument("--out", default="outputs/train-segmenter", help="output folder")
@@ -77,16 +70,14 @@ def _build_synthesizer(args, device):
     """The PairSynthesizer `saliency synthesize` would use with the same options."""
     from discovery.directions import Directions
     from discovery.errors import UserError
-    from saliency.commands.common import background_direction_choice, generator_for_directions
-    from saliency.masks import build_rule
+    from saliency.commands.common import background_direction_choice, generator_for_directions, mask_rule_from_args
     from saliency.synthesize import PairSynthesizer
 
     if args.directions is None:
         raise UserError("--on-the-fly needs --directions FILE (directions.pt from `saliency discover`)")
     directions = Directions.load(args.directions)
     generator, _ = generator_for_directions(args, directions, device)
-    rule = build_rule(args.rule, shift=args.shift, threshold=args.threshold, min_area=args.min_area,
-                      max_area=args.max_area, component_ratio=args.component_ratio, bimodality=args.bimodality)
+    rule = mask_rule_from_args(args)
     index, sign, _ = background_direction_choice(args, generator, directions, rule, device)
     synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
     print(f"on the fly: generator {generator.name}, direction {index}, sign {sign:+d}, {rule.name} rule, shift {synthesizer.shift:g}")
