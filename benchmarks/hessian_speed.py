@@ -10,8 +10,9 @@ that a busy machine slows both alike; the minimum over repetitions is the time r
 Wall-clock and process CPU time are both recorded: on a shared machine the CPU time is the
 steadier measure of the work each method does.
 
-A third, informative line: the Jacobian by batched forward-mode JVPs and H = 2 J^T J / n,
-which equals the MSE Hessian at z' = z (the distance's gradient vanishes there).
+A third line: ``discovery.hessian.jacobian_hessian``, H = 2 J^T J / n from batched forward-mode
+JVPs, which equals the MSE Hessian at z' = z and is what ``discover_hessian`` uses for squared
+distances.
 
     python benchmarks/hessian_speed.py [--dim-z 128] [--resolutions 64 32 16] [--threads N] [--repeats 3] [--out FILE]
 
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 def time_one(args, resolution: int, device: torch.device) -> dict:
     """Both methods (and the forward Jacobian) on tiny-dcgan at one image size, interleaved."""
     from discovery.generators import create_generator
-    from discovery.hessian import _quiet, exact_hessian, hessian_backward_loop, latent_distance
+    from discovery.hessian import exact_hessian, hessian_backward_loop, jacobian_hessian, latent_distance, make_distance
 
     G = create_generator("tiny-dcgan", dim_z=args.dim_z, resolution=resolution, width=args.width, device=device)
     z = G.sample_latent(1, torch.Generator().manual_seed(0))[0]
@@ -53,15 +54,8 @@ def time_one(args, resolution: int, device: torch.device) -> dict:
     def loop():
         return hessian_backward_loop(f, z)
 
-    def forward_jacobian():
-        from torch.func import jvp, vmap
-
-        def column(v):
-            return jvp(lambda x: G(x[None]).flatten(), (z,), (v,))[1]
-
-        with _quiet():
-            jacobian = vmap(column, chunk_size=args.batch_size)(torch.eye(z.numel(), device=device, dtype=z.dtype))
-        return 2 * jacobian @ jacobian.T / jacobian.shape[1]
+    def forward_jacobian():  # what discover_hessian uses for squared distances
+        return jacobian_hessian(G, z, None, make_distance("mse"), batch_size=args.batch_size)
 
     methods = {"batched_forward_over_reverse": batched, "backward_loop": loop, "forward_jacobian_gauss_newton": forward_jacobian}
     wall = {name: [] for name in methods}

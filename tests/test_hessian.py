@@ -15,6 +15,7 @@ from discovery.hessian import (
     exact_hessian,
     hessian_backward_loop,
     hessian_vector_products,
+    jacobian_hessian,
     lanczos_top_eigenpairs,
     latent_distance,
     make_distance,
@@ -90,6 +91,7 @@ def test_feature_distance_hessian_and_distance_errors(tmp_path):
     z = torch.zeros(DIM, dtype=torch.float64)
     f = latent_distance(G, z, distance="feature", feature_net=features)
     assert _relative(exact_hessian(f, z), H_true) < 1e-4
+    assert _relative(jacobian_hessian(G, z, None, make_distance("feature", features)), H_true) < 1e-10
     torch.save(features, tmp_path / "features.pt")  # a network file, as the command line passes it
     f = latent_distance(G, z, distance=make_distance("feature", str(tmp_path / "features.pt")))
     assert _relative(exact_hessian(f, z), H_true) < 1e-4
@@ -120,6 +122,10 @@ def test_batched_hvps_match_backward_loop_on_a_network():
     batched, loop = exact_hessian(f, z, batch_size=5), hessian_backward_loop(f, z)
     assert _relative(batched, loop) < 1e-4
     assert torch.allclose(batched, batched.T)
+    # The squared distance's Hessian at z' = z is 2 J^T J / n: the Jacobian route gives the same matrix.
+    assert _relative(jacobian_hessian(G, z, None, make_distance("mse"), batch_size=5), loop) < 1e-4
+    # A distance that is not a plain squared distance has no Jacobian shortcut.
+    assert jacobian_hessian(G, z, None, lambda a, b: (a - b).abs().pow(3).mean()) is None
 
 
 def test_hessian_axes_align_with_procedural_factors(procedural_generator, tmp_path):
