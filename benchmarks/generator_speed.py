@@ -117,7 +117,7 @@ def markdown(result: dict) -> str:
         "# Generator speed (images/s)",
         "",
         f"Machine: {m.get('gpu', m['cpu'])} ({m['device']}); CPU {m['cpu']}, {m['cpu_count']} cores, torch threads {m['torch_threads']}, "
-        f"load average at start {m['load_average']}; torch {m['torch']}, {m['platform']}.",
+        f"load average at start {m['load_average_1_5_15']}; torch {m['torch']}, {m['platform']}.",
         f"Random weights; median of >= {result['settings']['seconds']} s of calls after {result['settings']['warmup']} warm-up calls; "
         f"command: `{result['command']}`.",
         "",

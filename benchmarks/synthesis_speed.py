@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     lines = [
         "# Pair synthesis speed",
         "",
-        f"Machine: {report['machine'].get('cpu_model', report['machine']['processor'])}, {report['machine']['cpu_count']} cores, "
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cpu_count']} cores, "
         f"GPU: {report['machine']['cuda_device'] or 'none'}; torch {report['machine']['torch']}; {report['machine']['created']}.",
         "Rates count candidate pairs (two generator images each); the bound is the generator calls alone.",
         "",
