@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from discovery.directions import Directions
+from discovery.directions import Directions, canonical_signs
 from discovery.errors import UserError
 
 _WEIGHTED = (nn.Linear, nn.ConvTranspose2d, nn.Conv2d, nn.ConvTranspose1d, nn.Conv1d)
@@ -192,13 +192,6 @@ def _latent_std(generator, directions: torch.Tensor, n: int = 1024, seed: int = 
     return projections.std(0).numpy()
 
 
-def _canonical_signs(vectors: torch.Tensor) -> torch.Tensor:
-    index = vectors.abs().argmax(dim=1)
-    signs = torch.sign(vectors.gather(1, index[:, None])).squeeze(1)
-    signs[signs == 0] = 1
-    return vectors * signs[:, None]
-
-
 # ----------------------------------------------------------------------------------------------
 # SeFa
 
@@ -222,7 +215,7 @@ def discover_sefa(generator, *, top_k: int | None = None, normalize: bool = True
     values, vectors = torch.linalg.eigh(weight.T @ weight)
     values, vectors = values.flip(0), vectors.flip(1).T
     k = top_k or dim
-    matrix = _canonical_signs(vectors[:k])
+    matrix = canonical_signs(vectors[:k])
     std = _latent_std(generator, matrix)
     total = float(values.clamp_min(0).sum())
     return Directions(
@@ -386,10 +379,7 @@ def discover_ganspace(generator, *, samples: int = 4096, layer: str | None = Non
     residual = scores - z @ coefficients
     r2 = 1 - residual.pow(2).sum(0) / scores.pow(2).sum(0).clamp_min(1e-30)
     norms = coefficients.norm(dim=0).clamp_min(1e-30)
-    matrix = (coefficients / norms).T
-    signs = torch.sign(matrix.gather(1, matrix.abs().argmax(1, keepdim=True))).squeeze(1)
-    signs[signs == 0] = 1
-    matrix = matrix * signs[:, None]
+    matrix = canonical_signs((coefficients / norms).T)
     std = _latent_std(generator, matrix, seed=seed)
     per_direction = (2 * variances.double().sqrt() / norms).clamp(max=3 * math.sqrt(dim))
     return Directions(

@@ -94,6 +94,14 @@ class Directions:
         )
 
 
+def canonical_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """Flip each row so its largest-magnitude component is positive (eigenvectors and PCA axes have no sign)."""
+    index = vectors.abs().argmax(dim=1)
+    signs = torch.sign(vectors.gather(1, index[:, None])).squeeze(1)
+    signs[signs == 0] = 1
+    return vectors * signs[:, None]
+
+
 def load_directions(path: str | Path) -> Directions:
     """One call for users: ``load_directions("runs/x/directions.pt").matrix`` is the (K, dim_z) tensor."""
     return Directions.load(path)

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from discovery.directions import Directions
+from discovery.directions import Directions, canonical_signs
 from discovery.errors import UserError
 
 EXACT_MAX_DIM = 256  # full Hessians up to this latent size; Lanczos above
@@ -337,14 +337,6 @@ def _single_hvp(f, z):
 # spectrum measures
 
 
-def _canonical_signs(vectors: torch.Tensor) -> torch.Tensor:
-    """Flip each row so its largest-magnitude component is positive (eigenvectors have no sign)."""
-    index = vectors.abs().argmax(dim=1)
-    signs = torch.sign(vectors.gather(1, index[:, None])).squeeze(1)
-    signs[signs == 0] = 1
-    return vectors * signs[:, None]
-
-
 def _positive_log(values: np.ndarray, floor: float) -> np.ndarray:
     return np.log(np.maximum(values, floor))
 
@@ -545,7 +537,7 @@ def discover_hessian(generator, *, samples: int = 8, distance="mse", top_k: int 
         bar.close()
         mode = "lanczos"
 
-    matrix = _canonical_signs(torch.from_numpy(np.ascontiguousarray(vectors[:k])).double())
+    matrix = canonical_signs(torch.from_numpy(np.ascontiguousarray(vectors[:k])).double())
     eigenvalues = np.asarray(values[:k], dtype=np.float64)
 
     typical = _typical_distance(generator, latents, conditions, distance_fn)
