@@ -98,7 +98,7 @@ def markdown(report: dict) -> str:
         "# Hessian speed: batched forward-over-reverse HVPs vs a loop of backward passes",
         "",
         f"{report['task']}. Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, {m['torch_threads']} torch thread(s), "
-        f"torch {m['torch']}, device {m['device']}; load average before the run {m.get('load_average_before')}. "
+        f"torch {m['torch']}, device {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}; load average before the run {m.get('load_average_before')}. "
         f"{report['repeats']} interleaved repetitions after a warm-up, best reported; vmap chunk {report['batch_size']}.",
         "",
         "| image size | batched fwd-over-rev (s) | backward loop (s) | speedup (wall) | speedup (CPU time) | forward Jacobian J^T J (s) | its speedup | max rel. diff to loop |",

@@ -24,6 +24,21 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     return device
 
 
+def pin_cuda_device(device: torch.device, local_rank: int | None = None) -> torch.device:
+    """Make ``device`` the current CUDA device and return it with an explicit index.
+
+    ``torch.cuda.set_device`` rejects a bare ``cuda`` (no index), which is what ``--device cuda``
+    and ``--device auto`` resolve to; under torchrun the process's ``local_rank`` is the index,
+    otherwise the device CUDA already has current. CPU devices come back unchanged.
+    """
+    if device.type != "cuda":
+        return device
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device() if local_rank is None else local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU torch.Generator for explicit sampling."""
     random.seed(seed)

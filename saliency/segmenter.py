@@ -219,6 +219,15 @@ class Segmenter:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return x, (h, w), (height, width)
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Photos come in many sizes: with cuDNN's autotuner on (training turns it on) every new
+        # shape would be benchmarked first, seconds per image on a GPU. Off for inference.
+        autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+        try:
+            return self.model(x)
+        finally:
+            torch.backends.cudnn.benchmark = autotune
+
     @staticmethod
     def _finish(logits: torch.Tensor, inner, outer) -> np.ndarray:
         prob = torch.sigmoid(logits.float())[:, :, : inner[0], : inner[1]]
@@ -233,7 +242,7 @@ class Segmenter:
         The image is resized so its shorter side is ``short_side`` (None: as is), padded to a
         multiple of 2**depth, segmented, cropped back and resized bilinearly to (H, W)."""
         x, inner, outer = self._prepare(image, short_side)
-        return self._finish(self.model(x), inner, outer)
+        return self._finish(self._forward(x), inner, outer)
 
     @torch.no_grad()
     def predict_batch(self, images, short_side: int | None = 128, batch_size: int = 32) -> list[np.ndarray]:
@@ -246,7 +255,7 @@ class Segmenter:
         for members in groups.values():
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
-                logits = self.model(torch.cat([prepared[i][0] for i in chunk]))
+                logits = self._forward(torch.cat([prepared[i][0] for i in chunk]))
                 for j, i in enumerate(chunk):
                     results[i] = self._finish(logits[j : j + 1], prepared[i][1], prepared[i][2])
         return results  # type: ignore[return-value]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from discovery.errors import UserError
+from discovery.runtime import pin_cuda_device
 from saliency.masks import KEPT, REASONS, MaskRule, border_coverage
 from saliency.pairs import (
     MANIFEST,
@@ -584,11 +585,7 @@ def synthesize(
     ctx = rank_context(rank, world_size)
     if device is None:
         device = generator.device
-    device = torch.device(device)
-    if ctx.distributed and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", ctx.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = pin_cuda_device(torch.device(device), ctx.local_rank if ctx.distributed else None)
     synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
     settings = _settings(synthesizer, n=n, batch_size=batch_size, storage=format, shard_size=shard_size,
                          seed=seed, world=ctx.world_size, generator_options=generator_options)

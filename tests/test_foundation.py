@@ -138,6 +138,21 @@ def test_cli_bad_device_is_a_one_line_error():
         resolve_device("tpu:7")
 
 
+def test_pin_cuda_device_gives_a_bare_cuda_an_index(monkeypatch):
+    """``torch.cuda.set_device`` rejects a bare ``cuda``: the device CUDA has current, or the torchrun rank's."""
+    from discovery.runtime import pin_cuda_device
+
+    pinned = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pinned.append(device))
+    assert pin_cuda_device(torch.device("cuda")) == torch.device("cuda", 3)
+    assert pin_cuda_device(torch.device("cuda"), local_rank=1) == torch.device("cuda", 1)
+    assert pin_cuda_device(torch.device("cuda:2"), local_rank=1) == torch.device("cuda", 2)
+    assert pinned == [torch.device("cuda", 3), torch.device("cuda", 1), torch.device("cuda", 2)]
+    assert all(device.index is not None for device in pinned)
+    assert pin_cuda_device(torch.device("cpu")) == torch.device("cpu") and len(pinned) == 3
+
+
 def test_registry_entries_name_their_weight_source():
     for name in list_generators():
         entry = get_entry(name)

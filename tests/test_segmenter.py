@@ -212,6 +212,21 @@ def test_predict_any_size_grey_and_rgba(tiny_checkpoint):
         segmenter.predict(grey.astype(np.float32))
 
 
+def test_prediction_runs_without_the_cudnn_autotuner_and_restores_it(tiny_checkpoint, monkeypatch):
+    """Training turns cuDNN's autotuner on; inference on photos of many sizes must not re-tune per shape."""
+    from saliency.segmenter import load_segmenter
+
+    segmenter = load_segmenter(tiny_checkpoint, "cpu")
+    seen = []
+    segmenter.model.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.cudnn.benchmark))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    image = np.zeros((20, 30, 3), np.uint8)
+    segmenter.predict(image, short_side=32)
+    segmenter.predict_batch([image, image[:10]], short_side=32)
+    assert seen == [False, False, False]
+    assert torch.backends.cudnn.benchmark is True
+
+
 def test_load_segmenter_rejects_bad_files(tmp_path, tiny_checkpoint):
     from saliency.segmenter import load_segmenter
 
