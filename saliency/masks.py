@@ -25,6 +25,12 @@ spanning two bins, counts as a peak and a flat grey image passes; here a peak is
 of equal, non-empty bins higher than both neighbouring runs, so a unimodal histogram is
 rejected whatever its empty tails. Empty masks are rejected too (``min_area`` = 0, strict).
 
+Two options that are in neither paper, off by default: ``max_border`` rejects masks that cover
+more than that fraction of the image border (a background mask usually does), and ``smooth``
+replaces each mask pixel by the majority of its ``smooth`` x ``smooth`` window before any other
+filter. A small GAN's shifted image differs from the original by pixel noise as well as by the
+lighting change, and a per-pixel comparison turns that noise into specks and pinholes.
+
 Both rules take shifts in the units of the directions file. ``shift=None`` means the rule's
 paper value (26 and 5) scaled by the direction's typical shift / 6 (``stats["shift_scales"]``
 entry, else the file's ``shift_scale``): the papers' directions were trained with shifts of up
@@ -88,6 +94,19 @@ def border_coverage(masks: torch.Tensor) -> torch.Tensor:
     masks = masks.float()
     border = torch.cat([masks[:, 0], masks[:, -1], masks[:, 1:-1, 0], masks[:, 1:-1, -1]], dim=1)
     return border.mean(1)
+
+
+def majority_filter(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Each pixel takes the majority vote of its ``size`` x ``size`` window (0 or 1: unchanged).
+
+    A per-pixel comparison of two GAN images flips isolated pixels wherever the two differ by
+    noise; the vote removes those specks and fills pinholes without moving real edges by more
+    than size // 2 pixels. Windows are cut at the image border (no padding votes).
+    """
+    if size <= 1:
+        return masks
+    votes = F.avg_pool2d(masks[:, None].float(), size, stride=1, padding=size // 2, count_include_pad=False)
+    return votes[:, 0] > 0.5
 
 
 def smoothed_histograms(images: torch.Tensor, bins: int = 12, window: int = 3) -> torch.Tensor:
@@ -234,9 +253,10 @@ class IntensityMaskRule(MaskRule):
     min_area: float = 0.05  # kept only if the mask covers more than this fraction ...
     max_area: float = 0.5  # ... and less than this one
     max_border: float | None = None  # not in the paper: reject masks covering more of the image border than this
+    smooth: int = 0  # not in the paper: majority vote over smooth x smooth windows (odd; 0 or 1: off)
 
     def propose(self, original, shifted):
-        masks = luma(shifted) < self.threshold
+        masks = majority_filter(luma(shifted) < self.threshold, self.smooth)
         area = masks.flatten(1).float().mean(1)
         return masks, area_reasons(area, self.min_area, self.max_area)
 
@@ -255,11 +275,12 @@ class LightingMaskRule(MaskRule):
     bimodality: int = 2  # least number of peaks in the shifted image's smoothed histogram; 0 disables
     component_ratio: float = 0.2  # keep components larger than this fraction of the largest; 0 keeps all
     max_border: float | None = None  # not in the paper: reject masks covering more of the image border than this
+    smooth: int = 0  # not in the paper: majority vote over smooth x smooth windows (odd; 0 or 1: off)
     histogram_bins: int = 12
     histogram_window: int = 3
 
     def propose(self, original, shifted):
-        masks = luma(original) < luma(shifted)
+        masks = majority_filter(luma(original) < luma(shifted), self.smooth)
         reasons = torch.zeros(len(masks), dtype=torch.int8, device=masks.device)
         if self.bimodality > 0:
             peaks = count_peaks(smoothed_histograms(shifted, self.histogram_bins, self.histogram_window))
@@ -287,12 +308,13 @@ def build_rule(
     component_ratio: float | None = None,
     bimodality: int | None = None,
     max_border: float | None = None,
+    smooth: int | None = None,
 ) -> MaskRule:
     """A rule by name with the options a user set (None keeps the rule's default); bad values are UserErrors."""
     if name not in RULES:
         raise UserError(f"--rule {name!r}: unknown mask rule (known: {', '.join(RULES)})")
     options = {"shift": shift, "threshold": threshold, "min_area": min_area, "max_area": max_area,
-               "component_ratio": component_ratio, "bimodality": bimodality, "max_border": max_border}
+               "component_ratio": component_ratio, "bimodality": bimodality, "max_border": max_border, "smooth": smooth}
     fields = {f.name for f in dataclasses.fields(RULES[name])}
     for key, value in options.items():
         if value is not None and key not in fields:
@@ -308,6 +330,8 @@ def build_rule(
         raise UserError(f"--component-ratio {component_ratio}: must be in [0, 1)")
     if bimodality is not None and bimodality < 0:
         raise UserError(f"--bimodality {bimodality}: must be 0 (off) or a number of histogram peaks")
+    if smooth is not None and (smooth < 0 or (smooth > 1 and smooth % 2 == 0)):
+        raise UserError(f"--smooth {smooth}: must be 0 (off) or an odd window size such as 3 or 5")
     rule = RULES[name](**{k: v for k, v in options.items() if v is not None})
     if rule.min_area >= rule.max_area:
         raise UserError(f"--min-area {rule.min_area} / --max-area {rule.max_area}: the minimum must be below the maximum")

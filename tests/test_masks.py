@@ -96,6 +96,23 @@ def test_border_filter_rejects_masks_running_into_the_frame_and_is_off_by_defaul
     assert IntensityMaskRule(shift=26.0, max_border=0.1).evaluate(whitened, whitened).reasons.tolist() == [KEPT, TOUCHES_BORDER]
 
 
+def test_smoothing_votes_away_specks_and_pinholes_and_is_off_by_default():
+    obj = square(12, top=8, left=8)
+    noisy = obj.copy()
+    noisy[10, 10] = noisy[14, 15] = False  # pinholes inside the object
+    noisy[2, 25] = noisy[28, 3] = True  # isolated specks in the background
+    original, shifted = lighting_pair([noisy])
+    np.testing.assert_array_equal(LightingMaskRule(shift=5.0, component_ratio=0.0).evaluate(original, shifted).masks[0].numpy(), noisy)
+    smoothed = build_rule("lighting", shift=5.0, component_ratio=0.0, smooth=3).evaluate(original, shifted).masks[0].numpy()
+    # Specks (1 vote of 9) and pinholes (8 of 9) go; of the square only the corners (4 of 9) change.
+    corners = np.zeros_like(obj)
+    corners[[8, 8, 19, 19], [8, 19, 8, 19]] = True
+    np.testing.assert_array_equal(smoothed, obj & ~corners)
+    whitened = grey(np.where(noisy[None], -0.5, 1.0))
+    intensity = build_rule("intensity", shift=26.0, smooth=3).evaluate(whitened, whitened).masks[0].numpy()
+    np.testing.assert_array_equal(intensity, obj & ~corners)
+
+
 def test_lighting_connected_components_drop_specks_and_keep_large_parts():
     big, second, speck = square(10, 2, 2), square(6, 20, 20), square(2, 2, 26)  # 100, 36, 4 pixels
     obj = big | second | speck
@@ -178,6 +195,8 @@ def test_shift_defaults_scale_with_the_directions_file():
         ("lighting", {"bimodality": -1}),
         ("lighting", {"component_ratio": 1.0}),
         ("lighting", {"max_border": 1.5}),
+        ("lighting", {"smooth": 4}),
+        ("intensity", {"smooth": -1}),
     ],
 )
 def test_bad_rule_options_are_user_errors(name, options):

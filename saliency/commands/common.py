@@ -110,6 +110,9 @@ def add_mask_rule_arguments(parser: argparse.ArgumentParser, title: str) -> None
     rules.add_argument("--bimodality", type=int, default=None, help="lighting: least histogram peaks of the shifted image (2; 0 disables)")
     rules.add_argument("--max-border", type=float, default=None,
                        help="not in the papers: reject masks covering more than this fraction of the image border (default: off)")
+    rules.add_argument("--smooth", type=int, default=None,
+                       help="not in the papers: majority vote of each mask pixel over an odd SMOOTH x SMOOTH window, "
+                            "removing speckle (default: 0, off)")
 
 
 def mask_rule_from_args(args: argparse.Namespace):
@@ -117,4 +120,4 @@ def mask_rule_from_args(args: argparse.Namespace):
 
     return build_rule(args.rule, shift=args.shift, threshold=args.threshold, min_area=args.min_area,
                       max_area=args.max_area, component_ratio=args.component_ratio, bimodality=args.bimodality,
-                      max_border=args.max_border)
+                      max_border=args.max_border, smooth=args.smooth)
