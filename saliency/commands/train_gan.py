@@ -9,7 +9,8 @@ DESCRIPTION = """Train a small unconditional GAN on a few hundred unlabelled ima
 The shipped default generator `horse-64` was made with (see discovery/weights/README.md):
   saliency train-gan --images ../shared/data/weizmann-horse/images \\
       --list ../shared/data/weizmann-horse/train.txt --out outputs/horse-gan \\
-      --steps 3200 --width 32 --seed 0 --threads 1 --device cpu --export discovery/weights/horse64.pt
+      --steps 20000 --width 32 --seed 0 --device cuda --export discovery/weights/horse64.pt
+(about 0.27 s a step on 2 CPU cores, 40-60 steps a second on one H100.)
 
 Only the images named in --list are used when it is given; otherwise every image of the folder
 (a train.txt lying beside the images is NOT picked up silently). --out receives snapshot.pt
