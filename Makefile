@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= outputs/demo
 HORSES   ?= ../shared/data/weizmann-horse
+# auto: the GPU when there is one (1-2 min on an H100); cpu: the deterministic run of benchmarks/results/demo.md
+DEMO_DEVICE ?= auto
 PYTEST_ARGS ?= -n 2 -q
 
 .PHONY: setup test demo clean benchmarks
@@ -23,7 +25,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(VENV)/bin/saliency demo --images $(HORSES) --out $(DEMO_OUT)
+	$(VENV)/bin/saliency demo --images $(HORSES) --out $(DEMO_OUT) --device $(DEMO_DEVICE)
 
 benchmarks: setup
 	$(PY) benchmarks/run_all.py
