@@ -57,13 +57,11 @@ def run(args):
 def _run(args, directions, ctx):
     import os
 
-    from discovery.runtime import resolve_device
+    from discovery.runtime import pin_cuda_device, resolve_device
     from saliency.commands.common import background_direction_choice, generator_for_directions, mask_rule_from_args
     from saliency.synthesize import synthesize
 
-    device = resolve_device(args.device)
-    if ctx.world_size > 1 and device.type == "cuda" and device.index is None:
-        device = resolve_device(f"cuda:{ctx.local_rank}")
+    device = pin_cuda_device(resolve_device(args.device), ctx.local_rank if ctx.world_size > 1 else None)
     generator, options = generator_for_directions(args, directions, device)
     rule = mask_rule_from_args(args)
     index, sign, choice = background_direction_choice(args, generator, directions, rule, device)
