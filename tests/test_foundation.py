@@ -11,7 +11,7 @@ from discovery.checkpoints import load_state_dict_strict
 from discovery.directions import Directions, load_directions
 from discovery.errors import UserError
 from discovery.generators import WeightsSource, create_generator, get_entry, list_generators, wrap_generator
-from discovery.generators.registry import GeneratorEntry, _REGISTRY
+from discovery.generators.registry import GENERATORS, GeneratorEntry
 from discovery.stats import StatsLogger
 from discovery.weights import resolve_weights
 from saliency.cli import main
@@ -157,4 +157,4 @@ def test_registry_entries_name_their_weight_source():
     for name in list_generators():
         entry = get_entry(name)
         assert entry.name == name and callable(entry.builder)
-    assert "procedural" in _REGISTRY
+    assert "procedural" in GENERATORS

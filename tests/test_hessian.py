@@ -39,7 +39,7 @@ class LinearImages(nn.Module):
 def _quadratic_generator():
     A = torch.randn(3 * SIDE * SIDE, DIM, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     A = A * torch.linspace(2.0, 0.2, DIM, dtype=torch.float64)  # a spread spectrum
-    G = wrap_generator(LinearImages(A), dim_z=DIM, resolution=SIDE, name="quadratic").eval()
+    G = wrap_generator(LinearImages(A), dim_z=DIM, resolution=SIDE, name="quadratic", check_range=False)  # a quadratic form, not images
     return G, 2 * A.T @ A / A.shape[0]
 
 
