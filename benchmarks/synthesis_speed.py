@@ -37,7 +37,7 @@ from discovery.directions import Directions  # noqa: E402
 from discovery.generators import create_generator, list_generators  # noqa: E402
 from discovery.io import write_json  # noqa: E402
 from saliency.masks import IntensityMaskRule, LightingMaskRule  # noqa: E402
-from saliency.synthesize import PairSynthesizer, synthesize  # noqa: E402
+from saliency.synthesis import PairSynthesizer, synthesize  # noqa: E402
 from machine import machine_info
 
 # Per generator: a direction and a rule that keep a steady share of candidates, so that the
@@ -160,7 +160,7 @@ def measure(name: str, *, pairs: int, batch_size: int, device: torch.device, sto
         "bound_torch_threads": bound_threads,
         "stage_ms_per_candidate": stages,
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "pipeline_torch_threads_and_workers": "cores - workers, workers = cores // 4 (CPU); see saliency.synthesize",
+        "pipeline_torch_threads_and_workers": "cores - workers, workers = cores // 4 (CPU); see saliency.synthesis",
     }
 
 
@@ -172,7 +172,7 @@ def stage_costs(synthesizer: PairSynthesizer, batch_size: int) -> dict:
     """
     from saliency.masks import REASONS
     from saliency.pairs import ShardWriter
-    from saliency.synthesize import _finish_chunk, batch_latents
+    from saliency.synthesis import _finish_chunk, batch_latents
 
     device = synthesizer.device
     z, condition = batch_latents(synthesizer.generator, 0, 0, batch_size)

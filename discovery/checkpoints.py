@@ -13,16 +13,30 @@ from torch import nn
 from discovery.errors import UserError
 
 
-def read_checkpoint(path: str | Path, expected: str = "a PyTorch checkpoint") -> dict:
-    """``torch.load`` on the CPU, turning every failure mode into a one-line UserError."""
+def read_torch_file(path: str | Path, expected: str = "a PyTorch file"):
+    """``torch.load`` with ``weights_only=True`` on the CPU: tensors and plain containers only.
+
+    A file that would need arbitrary Python objects (a pickled class, a ``__reduce__`` payload)
+    is refused before any of its code runs; every failure is a one-line UserError.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (expected {expected})")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():  # the file names a Python callable or class: code, not weights
+            raise UserError(f"{path}: refused, it holds Python objects other than tensors and plain containers, "
+                            f"and files are never unpickled (expected {expected})") from None
+        raise UserError(f"{path}: not a readable PyTorch file, truncated or corrupt (expected {expected})") from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, IndexError, KeyError, TypeError, AttributeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint, truncated or corrupt (expected {expected}; {first_line})") from None
+        raise UserError(f"{path}: not a readable checkpoint, truncated or corrupt (expected {expected}; {first_line[:200]})") from None
+
+
+def read_checkpoint(path: str | Path, expected: str = "a PyTorch checkpoint") -> dict:
+    """``read_torch_file`` for files that must hold a dict (state dicts, run checkpoints)."""
+    obj = read_torch_file(path, expected)
     if not isinstance(obj, dict):
         raise UserError(f"{path}: holds a {type(obj).__name__}, expected {expected} (a dict)")
     return obj

@@ -76,7 +76,7 @@ def test_predictions_folder(dataset, predictions, tmp_path, capsys):
 
     # the same numbers as the metrics library on the same arrays
     from saliency.datasets import read_mask
-    from saliency.evaluate import read_prediction
+    from saliency.evaluation import read_prediction
     from saliency.metrics import SaliencyMetrics
 
     direct = SaliencyMetrics()
@@ -89,7 +89,7 @@ def test_predictions_folder(dataset, predictions, tmp_path, capsys):
 
 def test_worker_processes_give_the_same_numbers(dataset, predictions, tmp_path):
     from saliency.datasets import open_dataset
-    from saliency.evaluate import evaluate_prediction_folder
+    from saliency.evaluation import evaluate_prediction_folder
 
     data = open_dataset(dataset)
     serial = evaluate_prediction_folder(predictions, data, tmp_path / "a", workers=1, progress=False)
@@ -217,7 +217,7 @@ def test_worker_processes_after_opencv_threads_ran_here(dataset, tmp_path):
 
     from saliency.baselines import classical_saliency
     from saliency.datasets import open_dataset
-    from saliency.evaluate import evaluate_predictor
+    from saliency.evaluation import evaluate_predictor
 
     classical_saliency(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
     outcome = {}

@@ -81,7 +81,7 @@ def pairs_dir(tmp_path_factory) -> Path:
 
 
 def _train(out, data, **overrides):
-    from saliency.train_segmenter import train_segmenter
+    from saliency.segmenter_training import train_segmenter
 
     options = dict(steps=6, batch_size=8, lr=3e-3, image_size=SIZE, val_fraction=0.25, val_every=3, log_every=3,
                    checkpoint_every=3, workers=0, progress=False, **TINY)
@@ -142,7 +142,7 @@ def test_resume_continues_bit_for_bit(pairs_dir, tmp_path):
 
 
 class DiscSynthesizer:
-    """Stands in for saliency.synthesize.PairSynthesizer: discs, about a third rejected by the 'rule'."""
+    """Stands in for saliency.synthesis.PairSynthesizer: discs, about a third rejected by the 'rule'."""
 
     def sample(self, batch_size, generator):
         seeds = torch.randint(0, 2**31, (batch_size,), generator=generator).tolist()
@@ -154,7 +154,7 @@ class DiscSynthesizer:
 
 
 def test_on_the_fly_trains_and_resumes(tmp_path):
-    from saliency.train_segmenter import train_segmenter
+    from saliency.segmenter_training import train_segmenter
 
     options = dict(batch_size=4, image_size=SIZE, val_pairs=8, val_every=2, log_every=2, checkpoint_every=2, progress=False, **TINY)
     train_segmenter(tmp_path / "straight", synthesizer=DiscSynthesizer(), steps=4, **options)
@@ -166,7 +166,7 @@ def test_on_the_fly_trains_and_resumes(tmp_path):
 
 
 def test_split_by_key_is_deterministic_and_order_free():
-    from saliency.train_segmenter import split_by_key
+    from saliency.segmenter_training import split_by_key
 
     keys = [f"{i:08d}" for i in range(200)]
     train, val = split_by_key(keys, 0.1, 1000)

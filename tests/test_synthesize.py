@@ -14,7 +14,7 @@ from discovery.generators import wrap_generator
 from discovery.images import to_uint8
 from saliency.masks import IntensityMaskRule, LightingMaskRule
 from saliency.pairs import open_pairs
-from saliency.synthesize import PairSynthesizer, batch_latents, choose_sign, synthesize
+from saliency.synthesis import PairSynthesizer, batch_latents, choose_sign, synthesize
 
 BACKGROUND = 3  # index of procedural's background_brightness factor among FACTORS
 INTENSITY = IntensityMaskRule(threshold=0.85)  # procedural's whitest background has luma 0.9
@@ -240,7 +240,7 @@ def test_command_line_writes_pairs(directions_file, tmp_path, capsys):
 
 
 def test_index_auto_follows_the_ranking_and_the_rules_sign(procedural_generator, directions, tmp_path):
-    from saliency.synthesize import choose_sign, resolve_background_index, rule_sign
+    from saliency.synthesis import choose_sign, resolve_background_index, rule_sign
 
     # Scored on the spot (discovery.background): procedural's background factor; darkening it is -1.
     index, dimming, source = resolve_background_index(procedural_generator, directions, tmp_path / "directions.pt")

@@ -77,7 +77,7 @@ def generator_for_directions(args: argparse.Namespace, directions, device):
 
 def background_direction_choice(args: argparse.Namespace, generator, directions, rule, device) -> tuple[int, int, dict]:
     """(index, sign, provenance) for --index I|auto and --sign 1|-1|auto, shared by synthesize and train-segmenter."""
-    from saliency.synthesize import background_sign_of, choose_sign, resolve_background_index, rule_sign
+    from saliency.synthesis import background_sign_of, choose_sign, resolve_background_index, rule_sign
 
     provenance: dict = {}
     if args.index == "auto":

@@ -52,7 +52,7 @@ def run(args):
 
     from discovery.errors import UserError
     from saliency.datasets import open_dataset
-    from saliency.evaluate import evaluate_prediction_folder, evaluate_predictor
+    from saliency.evaluation import evaluate_prediction_folder, evaluate_predictor
 
     if args.short_side is not None and args.short_side < 0:
         raise UserError(f"--short-side {args.short_side}: must be positive (or 0 for full size)")

@@ -44,7 +44,7 @@ def add_arguments(parser):
 
 def run(args):
     from discovery.directions import Directions
-    from saliency.synthesize import rank_context
+    from saliency.synthesis import rank_context
 
     directions = Directions.load(args.directions)
     ctx = rank_context()
@@ -59,7 +59,7 @@ def _run(args, directions, ctx):
 
     from discovery.runtime import pin_cuda_device, resolve_device
     from saliency.commands.common import background_direction_choice, generator_for_directions, mask_rule_from_args
-    from saliency.synthesize import synthesize
+    from saliency.synthesis import synthesize
 
     device = pin_cuda_device(resolve_device(args.device), ctx.local_rank if ctx.world_size > 1 else None)
     generator, options = generator_for_directions(args, directions, device)

@@ -71,7 +71,7 @@ def _build_synthesizer(args, device):
     from discovery.directions import Directions
     from discovery.errors import UserError
     from saliency.commands.common import background_direction_choice, generator_for_directions, mask_rule_from_args
-    from saliency.synthesize import PairSynthesizer
+    from saliency.synthesis import PairSynthesizer
 
     if args.directions is None:
         raise UserError("--on-the-fly needs --directions FILE (directions.pt from `saliency discover`)")
@@ -89,7 +89,7 @@ def run(args):
 
     from discovery.errors import UserError
     from discovery.runtime import resolve_device
-    from saliency.train_segmenter import train_segmenter
+    from saliency.segmenter_training import train_segmenter
 
     if args.threads is not None:
         if args.threads < 1:
