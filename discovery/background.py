@@ -253,27 +253,29 @@ def background_stats(ranking: list[dict], count: int) -> dict:
     return {"background_score": scores, "background_sign": signs}
 
 
-def choose_background_direction(generator, directions: Directions, *, use_stats: bool = False, with_sign: bool = False, **kw):
-    """Index of the best background-removal direction (``synthesize --index auto``).
-
-    With ``use_stats`` a "background_score" list already stored in the file (by ``discover``)
-    is used instead of scoring again. With ``with_sign`` returns ``(index, sign)``: shifting by
-    ``sign * shift`` along the direction dims the background. Other keywords go to
-    ``rank_background_directions``.
-    """
-    stored = directions.stats.get("background_score")
-    if use_stats and isinstance(stored, (list, tuple)) and len(stored) == directions.count:
-        values = np.array([s if s is not None and math.isfinite(s) else -np.inf for s in stored], dtype=np.float64)
-        if np.isfinite(values).any():
-            index = int(values.argmax())
-            signs = directions.stats.get("background_sign")
-            sign = int(signs[index]) if isinstance(signs, (list, tuple)) and len(signs) == directions.count and signs[index] else 1
-            return (index, sign) if with_sign else index
-    ranking = rank_background_directions(generator, directions, **kw)
+def record_ranking(directions: Directions, ranking: list[dict], source: str = "background ranking") -> None:
+    """Store a ranking in the file's fields: per-direction scores and signs, and the decision itself."""
     if not ranking:
         raise UserError("the directions file holds no directions to choose from")
+    directions.stats.update(background_stats(ranking, directions.count))
     best = ranking[0]
-    return (int(best["index"]), int(best["sign"])) if with_sign else int(best["index"])
+    directions.set_background(int(best["index"]), int(best["sign"]) or 1, source, float(best["score"]))
+
+
+def choose_background(generator, directions: Directions, *, seed: int = 0, progress: bool = False, **kw) -> tuple[int, int, str]:
+    """The background direction: ``(index, sign that dims the background, where the choice came from)``.
+
+    The one place this decision is made. A file that carries it (``directions.background``, set
+    by ``saliency discover`` or by a person) is taken at its word; otherwise every direction is
+    scored with ``rank_background_directions`` (keywords go there) and the result is recorded
+    in ``directions`` so that saving the file keeps it.
+    """
+    if directions.background is not None:
+        choice = directions.background
+        return int(choice["index"]), int(choice["sign"]), str(choice.get("source", "file"))
+    ranking = rank_background_directions(generator, directions, seed=seed, progress=progress, **kw)
+    record_ranking(directions, ranking)
+    return directions.background["index"], directions.background["sign"], "background ranking (computed now)"
 
 
 def _summary_entry(entry: dict) -> dict:

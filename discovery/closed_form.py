@@ -396,3 +396,40 @@ def discover_ganspace(generator, *, samples: int = 4096, layer: str | None = Non
         manifest=run_manifest(method="ganspace", layer=layer, samples=samples, features=int(features.shape[1]), top_k=k,
                               seed=seed, device=str(device), seconds=time.perf_counter() - started),
     )
+
+
+from discovery.methods import MethodOption, register_method  # noqa: E402  (registration at the end of the module)
+
+
+@register_method(
+    "ganspace",
+    description="GANSpace (Härkönen et al. 2020): PCA of early generator features, regressed back to z",
+    options=(
+        MethodOption("samples", "latents sampled for the PCA", int),
+        MethodOption("layer", "feature layer (None: the first after the latent layer; 'latent': PCA of z itself)", str),
+        MethodOption("top_k", "keep the top-k components (None: all)", int),
+        MethodOption("batch_size", "latents per generator call", int),
+        MethodOption("shift_scale", "chart and mask-rule shift scale (None: the method's own)", float),
+    ),
+)
+def run_ganspace(generator, out_dir=None, *, samples: int = 4096, layer: str | None = None, top_k: int | None = None,
+                 batch_size: int = 64, shift_scale: float | None = None, seed: int = 0, device=None) -> Directions:
+    directions = discover_ganspace(generator, samples=samples, layer=layer, top_k=top_k, seed=seed, device=device, batch_size=batch_size)
+    if shift_scale is not None:
+        directions.shift_scale = float(shift_scale)
+    return directions
+
+
+@register_method(
+    "sefa",
+    description="SeFa (Shen & Zhou 2021): eigenvectors of W^T W of the first latent-to-feature layer, closed form",
+    options=(
+        MethodOption("top_k", "keep the top-k directions (None: all)", int),
+        MethodOption("shift_scale", "chart and mask-rule shift scale (None: the method's own)", float),
+    ),
+)
+def run_sefa(generator, out_dir=None, *, top_k: int | None = None, shift_scale: float | None = None) -> Directions:
+    directions = discover_sefa(generator, top_k=top_k)
+    if shift_scale is not None:
+        directions.shift_scale = float(shift_scale)
+    return directions

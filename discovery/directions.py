@@ -171,6 +171,9 @@ def canonical_signs(vectors: torch.Tensor) -> torch.Tensor:
     return vectors * signs[:, None]
 
 
-def load_directions(path: str | Path) -> Directions:
-    """One call for users: ``load_directions("runs/x/directions.pt").matrix`` is the (K, dim_z) tensor."""
-    return Directions.load(path)
+def load_directions(path: str | Path, generator: str | None = None) -> Directions:
+    """One call for users: ``load_directions("runs/x/directions.pt").matrix`` is the (K, dim_z) tensor.
+
+    Imported formats (a plain vector or matrix, a GANLatentDiscovery deformator, GANSpace .npz)
+    carry no generator name: pass ``generator``."""
+    return Directions.load(path, generator)

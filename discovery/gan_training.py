@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from discovery.errors import UserError
+from discovery.runtime import rng_state, set_rng_state
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SNAPSHOT_NAME = "snapshot.pt"
@@ -161,29 +162,6 @@ def sample_real_batch(images: list[torch.Tensor], batch_size: int, resolution: i
 # Snapshots
 
 
-def _pack_rng() -> dict:
-    """RNG state in types ``torch.load(weights_only=True)`` reads back (no NumPy arrays)."""
-    from discovery.runtime import rng_state
-
-    state = rng_state()
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    state["numpy"] = [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)]
-    version, internal, gauss = state["python"]
-    state["python"] = [int(version), torch.tensor(internal, dtype=torch.int64), gauss]
-    return state
-
-
-def _unpack_rng(state: dict) -> None:
-    from discovery.runtime import set_rng_state
-
-    state = dict(state)
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    state["numpy"] = (kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
-    version, internal, gauss = state["python"]
-    state["python"] = (int(version), tuple(int(v) for v in internal.tolist()), gauss)
-    set_rng_state(state)
-
-
 def export_generator(G_ema, path: str | Path, *, config: dict, manifest: dict, half: bool = True) -> Path:
     """Write the shippable generator file: EMA weights (fp16 by default), config and manifest."""
     from discovery.generators.horse import GAN_FORMAT, plain_manifest
@@ -312,7 +290,7 @@ def train_gan(
         G_ema.load_state_dict(state["G_ema"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        _unpack_rng(state["rng"])
+        set_rng_state(state["rng"])
         start_step, elapsed_before, accum = int(state["step"]), float(state.get("elapsed_s", 0.0)), dict(state.get("accum", {}))
         say(f"  from step {start_step} of {out / SNAPSHOT_NAME}")
         if start_step >= steps:
@@ -328,7 +306,7 @@ def train_gan(
             {
                 "format": SNAPSHOT_FORMAT, "step": step, "elapsed_s": elapsed, "config": config,
                 "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": _pack_rng(), "accum": dict(accum),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng_state(), "accum": dict(accum),
                 "manifest": {**manifest_base, "step": step},
             },
             out / SNAPSHOT_NAME,

@@ -96,23 +96,29 @@ def make_distance(distance="mse", feature_net: nn.Module | None = None, *, lpips
     return _lpips_distance(lpips_net)
 
 
-def load_feature_net(path) -> nn.Module:
-    """A feature network from a file: TorchScript (``torch.jit.save``) or a pickled ``nn.Module``."""
+def load_feature_net(path, trust: bool = False) -> nn.Module:
+    """A feature network from a file: TorchScript (``torch.jit.save``), which runs no Python code
+    when loaded; a pickled ``nn.Module`` only with ``trust=True``, since unpickling runs the file's code."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--feature-net {path}: file not found (expected a TorchScript or pickled nn.Module)")
+        raise UserError(f"--feature-net {path}: file not found (expected a TorchScript module, torch.jit.save)")
     try:
-        net = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # not a pickle: try TorchScript
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        if not trust:
+            raise UserError(f"--feature-net {path}: not a TorchScript module ({type(exc).__name__}); save it with "
+                            "torch.jit.save, or pass --trust-feature-net to unpickle a module you made yourself") from None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                net = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise UserError(f"--feature-net {path}: not a readable TorchScript or pickled module ({type(exc).__name__})") from None
+            net = torch.load(path, map_location="cpu", weights_only=False)  # the user asked for it: their own file
+        except Exception as exc2:
+            raise UserError(f"--feature-net {path}: not a readable TorchScript or pickled module ({type(exc2).__name__})") from None
     if not isinstance(net, nn.Module):
         raise UserError(f"--feature-net {path}: holds a {type(net).__name__}, not an nn.Module")
-    return net
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net.eval()
 
 
 def _mse(reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -642,3 +648,40 @@ def write_spectrum_report(directions: Directions, out_dir) -> dict:
     atomic_write_bytes(buffer.getvalue(), out_dir / "spectrum.png")
     write_json(report, out_dir / "spectrum.json")
     return report
+
+
+from discovery.methods import MethodOption, register_method  # noqa: E402  (registration at the end of the module)
+
+
+@register_method(
+    "hessian",
+    description="Wang & Ponce 2021: eigenvectors of the Hessian of an image distance, averaged over latents",
+    options=(
+        MethodOption("samples", "latents the Hessian is averaged over", int),
+        MethodOption("distance", "image distance: mse, features (--feature-net) or lpips", str, ("mse", "features", "lpips")),
+        MethodOption("feature_net", "features distance: a TorchScript module file mapping images in [-1, 1] to features", str),
+        MethodOption("trust_feature_net", "also accept a pickled nn.Module as --feature-net (runs the file's code: your own files only)", bool),
+        MethodOption("top_k", "keep the top-k directions (None: all; Lanczos: 40)", int),
+        MethodOption("exact", "full Hessian (--exact) or Lanczos on Hessian-vector products (--no-exact); None: exact up to dim_z 256", bool),
+        MethodOption("batch_size", "Hessian-vector products per batch", int),
+        MethodOption("shift_scale", "chart and mask-rule shift scale (None: the method's own)", float),
+    ),
+)
+def run_hessian(generator, out_dir=None, *, samples: int = 8, distance: str = "mse", feature_net=None,
+                trust_feature_net: bool = False, top_k: int | None = None, exact: bool | None = None, batch_size: int = 16,
+                shift_scale: float | None = None, seed: int = 0, device=None, progress: bool = True) -> tuple:
+    """``discover_hessian`` plus the spectrum report in ``out_dir``."""
+    if distance == "features" and feature_net is None:
+        raise UserError("--distance features: needs --feature-net FILE (a TorchScript module mapping images to features)")
+    if feature_net is not None and distance != "features":
+        raise UserError(f"--feature-net: applies to --distance features only (not {distance})")
+    if isinstance(feature_net, (str, Path)):
+        feature_net = load_feature_net(feature_net, trust=trust_feature_net)
+    directions = discover_hessian(generator, samples=samples, distance=distance, top_k=top_k, exact=exact, feature_net=feature_net,
+                                  batch_size=batch_size, seed=seed, device=device, progress=progress)
+    if shift_scale is not None:
+        directions.shift_scale = float(shift_scale)
+    summary = {}
+    if out_dir is not None:
+        summary["spectrum"] = write_spectrum_report(directions, out_dir)
+    return directions, summary

@@ -9,9 +9,20 @@ An unknown name is a one-line ``UserError`` naming the option and the known name
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from discovery.errors import UserError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a registered entry, as the command line shows it (the default comes from the entry)."""
+
+    name: str  # keyword parameter / field name; the flag is --name-with-dashes
+    help: str  # one line for --help
+    type: Any = None  # int, float, str, bool (--x / --no-x); None: the default's type, else str
+    choices: tuple | None = None
 
 
 class Registry:

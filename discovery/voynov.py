@@ -546,3 +546,31 @@ def discover_voynov(
         if progress:
             print(f"wrote {out / 'directions.pt'} and {out / 'summary.json'}", flush=True)
     return result
+
+
+from discovery.methods import MethodOption, register_method  # noqa: E402  (registration at the end of the module)
+
+register_method(
+    "voynov",
+    description="Voynov & Babenko 2020: a deformator and a reconstructor trained together (defaults: the paper's)",
+    resumable=True,
+    marker=CHECKPOINT,
+    options=(
+        MethodOption("directions", "number of directions K (None: dim_z)", int),
+        MethodOption("steps", "training steps (paper: 1e5)", int),
+        MethodOption("batch_size", "samples per step", int),
+        MethodOption("shift_scale", "shifts eps = s * U[-1, 1]", float),
+        MethodOption("min_shift", "smallest |eps|; smaller shifts are pushed out to it", float),
+        MethodOption("deformator", "direction matrix type", str, DEFORMATOR_TYPES),
+        MethodOption("reconstructor", "auto: ResNet-18 from 64 px, LeNet below", str, RECONSTRUCTOR_TYPES),
+        MethodOption("lr", "Adam learning rate of deformator and reconstructor", float),
+        MethodOption("label_weight", "weight of the direction-classification loss", float),
+        MethodOption("shift_weight", "weight of the L1 shift loss", float),
+        MethodOption("rca_samples", "held-out samples for the reconstructor accuracy (RCA)", int),
+        MethodOption("baselines", "also train reconstructors on random and identity directions and report their RCA", bool),
+        MethodOption("baseline_steps", "baseline training steps (None: --steps)", int),
+        MethodOption("checkpoint_every", "steps between checkpoints", int),
+        MethodOption("log_every", "steps between log rows", int),
+        MethodOption("amp", "mixed precision on CUDA", bool),
+    ),
+)(discover_voynov)

@@ -1,28 +1,16 @@
 """The ``saliency`` command line: a thin layer that parses options and calls library functions.
 
-Each sub-command lives in ``saliency/commands/<name>.py`` and exposes ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(args)``. Bad input raises ``UserError``, printed here as
-one line with exit code 2.
+Sub-commands come from ``saliency.commands.COMMANDS``. The launcher builds the torchrun rank
+context once (``args.ctx``) and configures logging; bad input raises ``UserError``, printed here
+as one line with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from discovery.errors import UserError
-
-COMMAND_MODULES = (
-    "discover",
-    "synthesize",
-    "train_segmenter",
-    "evaluate",
-    "train_gan",
-    "pipeline",
-    "demo",
-    "generators",
-)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -35,35 +23,41 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the usage block is what --help is for)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from saliency.commands import COMMANDS
+
+    parser = _Parser(
         prog="saliency",
         description="Unsupervised GAN latent directions and GAN-based salient object detection.",
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version="saliency 0.1.0")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"saliency.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"saliency.commands.{module_name}":
-                continue  # a command not built yet in this checkout
-            raise
-        sub = subparsers.add_parser(
-            module.NAME, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP), formatter_class=_Formatter
-        )
-        module.add_arguments(sub)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.description or command.help, formatter_class=_Formatter)
+        command.add_arguments(sub)
         sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         sub.add_argument("--seed", type=int, default=0, help="random seed; runs are deterministic per seed")
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from discovery.runtime import configure_logging, rank_context
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
+    ctx = None
     try:
+        args.ctx = ctx = rank_context()
         args._run(args)
     except UserError as exc:
         print(f"saliency {args.command}: error: {exc}", file=sys.stderr)
@@ -71,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"saliency {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        if ctx is not None:
+            ctx.close()
     return 0
 
 

@@ -367,3 +367,76 @@ def _finish(stats, dataset: SODDataset, out_dir: Path, name: str, source: dict, 
     files = write_report(results, out_dir, grid)
     results["files"] = files
     return results
+
+
+DEFAULT_OUT = "outputs/evaluate"
+
+
+def evaluate(
+    dataset,                          # ECSSD, DUTS-TE, DUT-OMRON, SOD, weizmann-horse, a folder with images/ + masks/, or an SODDataset
+    out=None,                         # report folder; None: outputs/evaluate/<dataset>-<source>
+    *,
+    checkpoint=None,                  # segmenter.pt from train-segmenter ...
+    predictions=None,                 # ... or a folder of saved maps (PNG/JPG uint8 or .npy in [0, 1]) named like the masks ...
+    baseline=None,                    # ... or a reference predictor: all-foreground, center-prior, classical
+    root=None,                        # where a known dataset lives (None: data/<name>)
+    split=None,                       # split list (None: the dataset's default; "all": every image)
+    name=None,                        # label of this run in the report (None: named after the source)
+    short_side: int | None = 128,     # checkpoint: predict at this shorter side, resized back to the mask (None/0: full size)
+    save_predictions: bool = False,   # checkpoint / baseline: also write out/predictions/<stem>.png
+    resize_predictions: bool = False, # predictions: resize maps of another size than their mask (else an error)
+    normalize: str = "none",          # "minmax": stretch each map to [0, 1] first (MATLAB toolbox)
+    workers: int | None = None,       # processes computing the metrics (None: all cores, at most 8)
+    download: bool = True,            # fetch a missing known dataset from its official site when online
+    progress: bool = True,            # progress bar
+    device=None,                      # checkpoint: None / "auto": CUDA when present
+) -> dict:
+    """The evaluation stage: every metric of the protocol for one source of maps; returns the results."""
+    from saliency.datasets import SODDataset, open_dataset
+
+    sources = [x is not None for x in (checkpoint, predictions, baseline)]
+    if sum(sources) != 1:
+        raise UserError("give exactly one of --checkpoint, --predictions or --baseline")
+    if short_side is not None and short_side < 0:
+        raise UserError(f"--short-side {short_side}: must be positive (or 0 for full size)")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    if normalize not in ("none", "minmax"):
+        raise UserError(f"normalize {normalize!r}: expected 'none' or 'minmax'")
+    if predictions is not None and save_predictions:
+        raise UserError("--save-predictions applies to --checkpoint and --baseline; --predictions are saved already")
+    if predictions is None and resize_predictions:
+        raise UserError("--resize-predictions applies to --predictions only (model and baseline maps are always resized to the mask)")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UserError(f"--checkpoint {checkpoint}: file not found")
+    if not isinstance(dataset, SODDataset):
+        dataset = open_dataset(dataset, root, split, download=download)
+    if out is None:
+        tag = (Path(checkpoint).resolve().parent.name or "checkpoint") if checkpoint else (Path(predictions).resolve().name if predictions else baseline)
+        out = Path(DEFAULT_OUT) / f"{dataset.name}-{tag}"
+    out = Path(out)
+    common = dict(workers=workers, progress=progress)
+    if predictions is not None:
+        results = evaluate_prediction_folder(predictions, dataset, out, name=name, resize=resize_predictions, normalize=normalize, **common)
+    elif baseline is not None:
+        from saliency.baselines import get_baseline
+
+        results = evaluate_predictor(get_baseline(baseline), dataset, out, name=name or baseline, short_side=None,
+                                     save_predictions=save_predictions, normalize=normalize,
+                                     source={"kind": "baseline", "baseline": baseline}, **common)
+    else:
+        from discovery.runtime import resolve_device
+        from saliency.segmenter import load_segmenter
+
+        segmenter = load_segmenter(checkpoint, resolve_device(device))
+        results = evaluate_predictor(segmenter.predict, dataset, out, name=name or f"segmenter ({Path(checkpoint).name})",
+                                     short_side=short_side or None, save_predictions=save_predictions, normalize=normalize,
+                                     source={"kind": "checkpoint", "path": str(checkpoint)}, **common)
+    from discovery.runtime import get_logger
+
+    m = results["metrics"]
+    log = get_logger("evaluate")
+    log.info(f"{results['name']} on {dataset.name} ({len(dataset)} images): max_f_beta {m['max_f_beta']:.3f}  IoU {m['iou']:.3f}  "
+             f"accuracy {m['accuracy']:.3f}  MAE {m['mae']:.3f}  S {m['s_measure']:.3f}  wF {m['weighted_f']:.3f}")
+    log.info(f"report: {results['files']['markdown']}")
+    return results

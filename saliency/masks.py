@@ -46,7 +46,7 @@ connected components, then the area checks that must follow them). ``evaluate`` 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from discovery.errors import UserError
+from discovery.registry import Registry
 
 REFERENCE_SHIFT_SCALE = 6.0  # shift scale of the directions the papers' shift values refer to
 
@@ -173,16 +174,56 @@ def direction_scale(directions, index: int | None = None) -> float:
     return scale if scale > 0 else REFERENCE_SHIFT_SCALE
 
 
+def option(default, help: str):
+    """A mask-rule field with its one-line help (the command line's flags come from these)."""
+    return field(default=default, metadata={"help": help})
+
+
+MASK_RULES = Registry("mask rule", "--rule")
+
+
+def register_mask_rule(cls):
+    """Class decorator: register a ``MaskRule`` subclass under its ``name``."""
+    MASK_RULES.add(cls.name, cls)
+    return cls
+
+
 @dataclass(frozen=True)
 class MaskRule:
-    """Base of the mask rules; subclasses set ``name`` and ``default_shift`` and implement ``propose``."""
+    """Base of the mask rules; subclasses set ``name`` and ``default_shift`` and implement ``propose``.
+
+    The dataclass fields are a rule's whole configuration, each with its help in the field
+    metadata; ``__post_init__`` checks the values of the fields every rule shares.
+    """
 
     name = "rule"
     default_shift = 1.0
     needs_host = False  # whether ``refine`` does work (connected components) on the host
+    brightens_background = False  # True: the rule wants the shift that whitens the background
 
-    shift: float | None = None
-    max_border: float | None = None
+    shift: float | None = option(None, "latent shift along the direction (default: the rule's paper value x shift_scale / 6)")
+    max_border: float | None = option(None, "not in the papers: reject masks covering more than this fraction of the image border (default: off)")
+
+    def __post_init__(self):
+        values = dataclasses.asdict(self)
+        if values.get("shift") is not None and not values["shift"] > 0:
+            raise UserError(f"--shift {values['shift']}: must be positive (use --sign -1 to shift the other way)")
+        if "threshold" in values and not 0 < values["threshold"] <= 1:
+            raise UserError(f"--threshold {values['threshold']}: must be in (0, 1] (luma of the shifted image)")
+        for key in ("min_area", "max_border"):
+            if values.get(key) is not None and not 0 <= values[key] <= 1:
+                raise UserError(f"--{key.replace('_', '-')} {values[key]}: must be a fraction of the image in [0, 1]")
+        if "max_area" in values and not values["max_area"] > 0:  # above 1: no upper limit
+            raise UserError(f"--max-area {values['max_area']}: must be a positive fraction of the image (above 1: no limit)")
+        if "component_ratio" in values and not 0 <= values["component_ratio"] < 1:
+            raise UserError(f"--component-ratio {values['component_ratio']}: must be in [0, 1)")
+        if "bimodality" in values and values["bimodality"] < 0:
+            raise UserError(f"--bimodality {values['bimodality']}: must be 0 (off) or a number of histogram peaks")
+        smooth = values.get("smooth")
+        if smooth is not None and (smooth < 0 or (smooth > 1 and smooth % 2 == 0)):
+            raise UserError(f"--smooth {smooth}: must be 0 (off) or an odd window size such as 3 or 5")
+        if "min_area" in values and "max_area" in values and values["min_area"] >= values["max_area"]:
+            raise UserError(f"--min-area {values['min_area']} / --max-area {values['max_area']}: the minimum must be below the maximum")
 
     def for_directions(self, directions, index: int | None = None) -> "MaskRule":
         """This rule with ``shift`` resolved for a directions file (``None`` -> scaled paper value).
@@ -241,19 +282,21 @@ class MaskRule:
         return {"name": self.name, **dataclasses.asdict(self)}
 
 
+@register_mask_rule
 @dataclass(frozen=True)
 class IntensityMaskRule(MaskRule):
     """Voynov & Babenko 2020: foreground where the background-whitened image stays darker than ``threshold``."""
 
     name = "intensity"
     default_shift = 26.0
+    brightens_background = True  # wants the shift that whitens the background (the others dim it)
 
-    shift: float | None = None  # latent shift along the direction; None: 26 x shift_scale / 6
-    threshold: float = 0.95  # luma in [0, 1] under which a pixel of the shifted image is foreground
-    min_area: float = 0.05  # kept only if the mask covers more than this fraction ...
-    max_area: float = 0.5  # ... and less than this one
-    max_border: float | None = None  # not in the paper: reject masks covering more of the image border than this
-    smooth: int = 0  # not in the paper: majority vote over smooth x smooth windows (odd; 0 or 1: off)
+    shift: float | None = option(None, "latent shift along the direction (default: 26 x shift_scale / 6)")
+    threshold: float = option(0.95, "luma in [0, 1] under which a pixel of the shifted image is foreground")
+    min_area: float = option(0.05, "reject masks covering this fraction of the image or less")
+    max_area: float = option(0.5, "reject masks covering this fraction of the image or more")
+    max_border: float | None = option(None, "not in the paper: reject masks covering more than this fraction of the image border (default: off)")
+    smooth: int = option(0, "not in the paper: majority vote of each mask pixel over an odd SMOOTH x SMOOTH window (0: off)")
 
     def propose(self, original, shifted):
         masks = majority_filter(luma(shifted) < self.threshold, self.smooth)
@@ -261,6 +304,7 @@ class IntensityMaskRule(MaskRule):
         return masks, area_reasons(area, self.min_area, self.max_area)
 
 
+@register_mask_rule
 @dataclass(frozen=True)
 class LightingMaskRule(MaskRule):
     """Voynov, Morozov & Babenko 2021: foreground where the shift made the image brighter."""
@@ -269,15 +313,15 @@ class LightingMaskRule(MaskRule):
     default_shift = 5.0
     needs_host = True
 
-    shift: float | None = None  # latent shift along the direction; None: 5 x shift_scale / 6
-    max_area: float = 0.5  # rejected if the (component-filtered) mask covers this fraction or more
-    min_area: float = 0.0  # ... or this fraction or less (0: only empty masks)
-    bimodality: int = 2  # least number of peaks in the shifted image's smoothed histogram; 0 disables
-    component_ratio: float = 0.2  # keep components larger than this fraction of the largest; 0 keeps all
-    max_border: float | None = None  # not in the paper: reject masks covering more of the image border than this
-    smooth: int = 0  # not in the paper: majority vote over smooth x smooth windows (odd; 0 or 1: off)
-    histogram_bins: int = 12
-    histogram_window: int = 3
+    shift: float | None = option(None, "latent shift along the direction (default: 5 x shift_scale / 6)")
+    max_area: float = option(0.5, "reject masks (after the component filter) covering this fraction or more")
+    min_area: float = option(0.0, "reject masks covering this fraction or less (0: only empty masks)")
+    bimodality: int = option(2, "least number of peaks in the shifted image's smoothed histogram (0: off)")
+    component_ratio: float = option(0.2, "keep connected components larger than this fraction of the largest (0: keep all)")
+    max_border: float | None = option(None, "not in the paper: reject masks covering more than this fraction of the image border (default: off)")
+    smooth: int = option(0, "not in the paper: majority vote of each mask pixel over an odd SMOOTH x SMOOTH window (0: off)")
+    histogram_bins: int = option(12, "bins of the bimodality histogram over [-1, 1]")
+    histogram_window: int = option(3, "neighbouring bins summed to smooth that histogram")
 
     def propose(self, original, shifted):
         masks = majority_filter(luma(original) < luma(shifted), self.smooth)
@@ -295,50 +339,22 @@ class LightingMaskRule(MaskRule):
         return mask, area_reason if area_reason != KEPT else reason
 
 
-RULES = {"intensity": IntensityMaskRule, "lighting": LightingMaskRule}
+def rule_options(name: str) -> dict[str, dataclasses.Field]:
+    """The configurable fields of a registered rule, by name."""
+    return {f.name: f for f in dataclasses.fields(MASK_RULES.get(name))}
 
 
-def build_rule(
-    name: str,
-    *,
-    shift: float | None = None,
-    threshold: float | None = None,
-    min_area: float | None = None,
-    max_area: float | None = None,
-    component_ratio: float | None = None,
-    bimodality: int | None = None,
-    max_border: float | None = None,
-    smooth: int | None = None,
-) -> MaskRule:
-    """A rule by name with the options a user set (None keeps the rule's default); bad values are UserErrors."""
-    if name not in RULES:
-        raise UserError(f"--rule {name!r}: unknown mask rule (known: {', '.join(RULES)})")
-    options = {"shift": shift, "threshold": threshold, "min_area": min_area, "max_area": max_area,
-               "component_ratio": component_ratio, "bimodality": bimodality, "max_border": max_border, "smooth": smooth}
-    fields = {f.name for f in dataclasses.fields(RULES[name])}
+def build_rule(name: str, **options) -> MaskRule:
+    """A registered rule by name with the options a user set (None keeps the rule's default); bad values are UserErrors."""
+    cls = MASK_RULES.get(name)
+    fields = rule_options(name)
     for key, value in options.items():
         if value is not None and key not in fields:
-            raise UserError(f"--{key.replace('_', '-')}: does not apply to the {name} rule")
-    if shift is not None and not shift > 0:
-        raise UserError(f"--shift {shift}: must be positive (use --sign -1 to shift the other way)")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise UserError(f"--threshold {threshold}: must be in (0, 1] (luma of the shifted image)")
-    for key in ("min_area", "max_area", "max_border"):
-        if options[key] is not None and not 0 <= options[key] <= 1:
-            raise UserError(f"--{key.replace('_', '-')} {options[key]}: must be a fraction of the image in [0, 1]")
-    if component_ratio is not None and not 0 <= component_ratio < 1:
-        raise UserError(f"--component-ratio {component_ratio}: must be in [0, 1)")
-    if bimodality is not None and bimodality < 0:
-        raise UserError(f"--bimodality {bimodality}: must be 0 (off) or a number of histogram peaks")
-    if smooth is not None and (smooth < 0 or (smooth > 1 and smooth % 2 == 0)):
-        raise UserError(f"--smooth {smooth}: must be 0 (off) or an odd window size such as 3 or 5")
-    rule = RULES[name](**{k: v for k, v in options.items() if v is not None})
-    if rule.min_area >= rule.max_area:
-        raise UserError(f"--min-area {rule.min_area} / --max-area {rule.max_area}: the minimum must be below the maximum")
-    return rule
+            raise UserError(f"--{key.replace('_', '-')}: does not apply to the {name} rule (its options: {', '.join(fields)})")
+    return cls(**{k: v for k, v in options.items() if v is not None})
 
 
 def rule_from_config(config: dict) -> MaskRule:
     """Inverse of ``rule.config()`` (used to read manifests)."""
     config = dict(config)
-    return RULES[config.pop("name")](**config)
+    return MASK_RULES.get(config.pop("name"))(**config)

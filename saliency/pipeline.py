@@ -1,23 +1,57 @@
-"""discover -> synthesize -> train-segmenter -> evaluate, from one config file.
+"""discover -> synthesize -> train-segmenter -> evaluate, from one config, calling the stage functions.
 
-The pipeline is the documented chain of sub-commands, run in-process: each config section
-holds the options of one sub-command, so everything a stage accepts on the command line it
-accepts here, with the same validation and the same outputs. A stage whose ``summary.json``
-exists is skipped; one that was interrupted is continued with ``--resume``. The result is one
-folder per stage and an HTML report that puts the pieces side by side.
+Each config section holds the keyword arguments of one library call (``discovery.discover``,
+``saliency.synthesize``, ``saliency.train_segmenter``, ``saliency.evaluate``); a key that the call
+does not take is a one-line error naming the key and the known ones. The pipeline fills in what
+links the stages (each stage's folder, the directions file, the pairs folder, the checkpoint). A
+stage whose result file exists is skipped; one that was interrupted is continued with
+``resume=True``. The result is one folder per stage and an HTML report.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 
 import yaml
 
 from discovery.errors import UserError
+from discovery.runtime import get_logger
 
 STAGES = ("discover", "synthesize", "train_segmenter", "evaluate")
-RESUMABLE = {"discover": "checkpoint.pt", "synthesize": "shards", "train_segmenter": "checkpoint.pt"}
+TOP_LEVEL = ("generator", "weights", "generator_options", "classes", "truncation", "seed")
+DONE = {"discover": "summary.json", "synthesize": "manifest.json", "train_segmenter": "summary.json", "evaluate": "summary.json"}
+RESUMABLE = {"discover": "checkpoint.pt", "synthesize": "run.json", "train_segmenter": "checkpoint.pt"}
+# What the pipeline itself passes to each stage (never from the config).
+LINKED = {
+    "discover": {"generator", "out", "weights", "generator_options", "seed", "device", "resume", "method_options"},
+    "synthesize": {"directions", "out", "generator", "weights", "generator_options", "seed", "device", "resume", "ctx"},
+    "train_segmenter": {"out_dir", "data", "synthesizer", "directions", "generator", "weights", "generator_options", "seed",
+                        "device", "resume", "ctx"},
+    "evaluate": {"out", "checkpoint", "predictions", "baseline", "device"},
+}
+EXTRA = {"evaluate": {"baselines"}}  # pipeline-only keys: evaluate each named baseline beside the segmenter
+
+log = get_logger("pipeline")
+
+
+def _stage_functions() -> dict:
+    import discovery
+    import saliency
+
+    return {"discover": discovery.discover, "synthesize": saliency.synthesize, "train_segmenter": saliency.train_segmenter,
+            "evaluate": saliency.evaluate}
+
+
+def _known_keys(stage: str, function, section: dict) -> set[str]:
+    keys = {k for k, p in inspect.signature(function).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    keys = keys - LINKED[stage] | EXTRA.get(stage, set())
+    if stage == "discover":
+        from discovery.methods import get_method
+
+        keys |= set(get_method(section.get("method", "voynov")).defaults)
+    return keys
 
 
 def load_config(path: str | Path) -> dict:
@@ -34,47 +68,31 @@ def load_config(path: str | Path) -> dict:
 def validate_config(config, source: str = "config") -> dict:
     if not isinstance(config, dict):
         raise UserError(f"{source}: expected a mapping with sections {', '.join(STAGES)}")
-    unknown = set(config) - set(STAGES) - {"generator", "weights", "seed", "classes", "truncation"}
+    unknown = sorted(set(map(str, config)) - set(STAGES) - set(TOP_LEVEL))
     if unknown:
-        raise UserError(f"{source}: unknown keys {sorted(unknown)} (expected generator, weights, seed and sections {', '.join(STAGES)})")
+        raise UserError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                        f"(known: {', '.join(TOP_LEVEL)} and the sections {', '.join(STAGES)})")
     missing = [stage for stage in STAGES if not isinstance(config.get(stage), dict)]
     if missing:
         raise UserError(f"{source}: missing sections {missing}")
+    functions = _stage_functions()
+    for stage in STAGES:
+        known = _known_keys(stage, functions[stage], config[stage])
+        wrong = sorted(set(map(str, config[stage])) - known)
+        if wrong:
+            raise UserError(f"{source}: section {stage}: unknown key{'s' if len(wrong) > 1 else ''} {', '.join(wrong)} "
+                            f"(known: {', '.join(sorted(known))})")
     return config
 
 
-def _flags(options: dict) -> list[str]:
-    """{'batch_size': 16, 'amp': False, 'x': None} -> ['--batch-size', '16', '--no-amp']."""
-    argv: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif value is False:
-            argv.append("--no-" + key.replace("_", "-"))
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, ",".join(map(str, value))]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _run_stage(name: str, argv: list[str], out: Path) -> float:
-    from saliency.cli import main
-
-    if (out / "summary.json").exists():
-        print(f"== {name}: done already ({out}), skipped")
+def _run_stage(name: str, out: Path, call) -> float:
+    if (out / DONE[name]).exists():
+        log.info(f"== {name}: done already ({out}), skipped")
         return 0.0
-    marker = RESUMABLE.get(name.replace("-", "_"))
-    if marker and (out / marker).exists():
-        argv = argv + ["--resume"]
-    print(f"== {name}: saliency {' '.join(argv)}", flush=True)
+    resume = (out / RESUMABLE[name]).exists() if name in RESUMABLE else False
+    log.info(f"== {name}{' (resumed)' if resume else ''} -> {out}")
     start = time.perf_counter()
-    code = main(argv)
-    if code != 0:
-        raise UserError(f"pipeline stopped: `saliency {' '.join(argv)}` failed with exit code {code}")
+    call(resume)
     return time.perf_counter() - start
 
 
@@ -84,48 +102,35 @@ def run_pipeline(config: dict, out_dir: str | Path, *, device: str = "auto", see
     from saliency.pipeline_report import write_pipeline_report
 
     config = validate_config(config)
+    functions = _stage_functions()
     out = Path(out_dir)
     seed = config.get("seed", 0) if seed is None else seed
-    common = ["--device", device, "--seed", str(seed)]
-    generator = _flags({k: config.get(k) for k in ("generator", "weights", "classes", "truncation")})
+    options = dict(config.get("generator_options") or {})
+    for key in ("classes", "truncation"):
+        if config.get(key) is not None:
+            options[key] = config[key]
+    generator = {"generator": config.get("generator", "horse-64"), "weights": config.get("weights"), "generator_options": options}
     folders = {stage: out / stage.replace("_", "-") for stage in STAGES}
     timings: dict[str, float] = {}
 
-    discover = dict(config["discover"])
-    timings["discover"] = _run_stage(
-        "discover", ["discover", *generator, *_flags(discover), "--out", str(folders["discover"]), *common], folders["discover"]
-    )
+    timings["discover"] = _run_stage("discover", folders["discover"], lambda resume: functions["discover"](
+        out=folders["discover"], seed=seed, device=device, resume=resume, **generator, **config["discover"]))
     directions = folders["discover"] / "directions.pt"
-
-    synthesize = dict(config["synthesize"])
-    timings["synthesize"] = _run_stage(
-        "synthesize",
-        ["synthesize", *generator, "--directions", str(directions), *_flags(synthesize), "--out", str(folders["synthesize"]), *common],
-        folders["synthesize"],
-    )
-
-    train = dict(config["train_segmenter"])
-    timings["train_segmenter"] = _run_stage(
-        "train-segmenter",
-        ["train-segmenter", "--data", str(folders["synthesize"]), *_flags(train), "--out", str(folders["train_segmenter"]), *common],
-        folders["train_segmenter"],
-    )
+    timings["synthesize"] = _run_stage("synthesize", folders["synthesize"], lambda resume: functions["synthesize"](
+        directions, folders["synthesize"], seed=seed, device=device, resume=resume, **generator, **config["synthesize"]))
+    timings["train_segmenter"] = _run_stage("train_segmenter", folders["train_segmenter"], lambda resume: functions["train_segmenter"](
+        folders["train_segmenter"], data=folders["synthesize"], seed=seed, device=device, resume=resume, **config["train_segmenter"]))
 
     evaluate = dict(config["evaluate"])
     baselines = evaluate.pop("baselines", []) or []
+    checkpoint = folders["train_segmenter"] / "segmenter.pt"
     evaluations = {"gan-segmenter": folders["evaluate"] / "gan-segmenter"}
-    timings["evaluate"] = _run_stage(
-        "evaluate",
-        ["evaluate", *_flags(evaluate), "--checkpoint", str(folders["train_segmenter"] / "segmenter.pt"), "--out", str(evaluations["gan-segmenter"]), *common],
-        evaluations["gan-segmenter"],
-    )
+    timings["evaluate"] = _run_stage("evaluate", evaluations["gan-segmenter"], lambda resume: functions["evaluate"](
+        out=evaluations["gan-segmenter"], checkpoint=checkpoint, device=device, **evaluate))
     for baseline in baselines:
         evaluations[baseline] = folders["evaluate"] / baseline
-        timings[f"evaluate {baseline}"] = _run_stage(
-            f"evaluate ({baseline})",
-            ["evaluate", *_flags(evaluate), "--baseline", baseline, "--out", str(evaluations[baseline]), *common],
-            evaluations[baseline],
-        )
+        timings[f"evaluate {baseline}"] = _run_stage("evaluate", evaluations[baseline], lambda resume, b=baseline: functions["evaluate"](
+            out=evaluations[b], baseline=b, **evaluate))
 
     report = write_pipeline_report(out, folders, evaluations)
     summary = {"stages": {k: str(v) for k, v in folders.items()}, "seconds": timings, **report, "manifest": run_manifest(config=config)}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from discovery.errors import UserError
+from discovery.runtime import check_resume, progress_bar, rng_state, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
 # Changing any of these changes what the network or the data stream is; a resume must keep them.
@@ -37,6 +38,14 @@ def train_segmenter(
     *,
     data=None,                                # pairs folder from `saliency synthesize` (or a Dataset of (image, mask) with .keys)
     synthesizer=None,                         # or a PairSynthesizer: pairs drawn on the fly, nothing written
+    directions=None,                          # or on the fly from a directions file (path or Directions), with:
+    generator=None,                           #   its generator (None: the file's), a name or a LatentGenerator
+    weights=None,                             #   weights of a named generator
+    generator_options=None,                   #   options of a named generator (classes, truncation, ...)
+    index="auto",                             #   background direction row, or "auto" (the file's recorded choice)
+    sign="auto",                              #   1, -1 or "auto" (as saliency.synthesize chooses)
+    rule="lighting",                          #   registered mask rule
+    rule_options=None,                        #   its options (as saliency.synthesize)
     steps: int = 12_000,                      # optimiser steps (papers: 12000)
     batch_size: int = 96,                     # pairs per step summed over DDP processes (papers: 95)
     lr: float = 1e-3,                         # Adam learning rate (papers)
@@ -61,15 +70,16 @@ def train_segmenter(
     amp: bool = True,                         # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
     workers: int = 4,                         # data-loader processes for a pairs folder (0: in the main process)
     progress: bool = True,                    # progress bar
+    ctx=None,                                 # the launcher's rank context (None: torchrun's environment)
 ) -> dict:
+    """The training stage: a UNet on synthetic pairs (a pairs folder, or drawn on the fly); returns the summary."""
     from discovery.io import ensure_fresh_output
-    from discovery.runtime import resolve_device
     from saliency.segmenter import build_segmenter, default_decoder_channels, segmenter_config
 
     # ---- Check options (before anything is written: bad input leaves no folder behind)
     out = Path(out_dir)
-    if (data is None) == (synthesizer is None):
-        raise UserError("give either a pairs folder (--data) or an on-the-fly synthesizer (--on-the-fly), not both or neither")
+    if sum(x is not None for x in (data, synthesizer, directions)) != 1:
+        raise UserError("give exactly one source of pairs: a pairs folder (--data) or on-the-fly pairs (--on-the-fly --directions FILE)")
     for name, value, low in (("--steps", steps, 1), ("--batch-size", batch_size, 1), ("--image-size", image_size, 8),
                              ("--val-every", val_every, 1), ("--log-every", log_every, 1), ("--checkpoint-every", checkpoint_every, 1),
                              ("--val-pairs", val_pairs, 1), ("--workers", workers, 0)):
@@ -88,11 +98,15 @@ def train_segmenter(
     ensure_fresh_output(out, resume, CHECKPOINT)
 
     # ---- Processes and device (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK)
-    world, rank, local_rank, own_group = _init_distributed(device)
-    if world > 1 and torch.cuda.is_available() and device in (None, "auto", "cuda"):
-        device = torch.device("cuda", local_rank)
-    else:
-        device = resolve_device(device) if not isinstance(device, torch.device) else device
+    from discovery.runtime import rank_context, rank_device
+
+    own_context = ctx is None
+    ctx = rank_context() if ctx is None else ctx
+    world, rank = ctx.world_size, ctx.rank
+    device = rank_device(device, ctx)
+    if directions is not None:
+        synthesizer = build_synthesizer(directions, device, generator=generator, weights=weights, generator_options=generator_options,
+                                        index=index, sign=sign, rule=rule, rule_options=rule_options, seed=seed)
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size}: must be divisible by the number of processes ({world})")
     rank_batch = batch_size // world
@@ -153,7 +167,7 @@ def train_segmenter(
         scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
         stream.load_state_dict(state["data"], world)
-        _set_rng(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         say(f"  at step {start_step} of {steps}")
     elif resume:
         say(f"Resuming: no {CHECKPOINT} in {out} yet, starting fresh")
@@ -178,8 +192,8 @@ def train_segmenter(
     from discovery.runtime import autocast
 
     def checkpoint(step: int) -> None:
-        data_states = _gather(stream.state_dict(), world)
-        rng_states = _gather(_get_rng(), world)
+        data_states = ctx.gather(stream.state_dict())
+        rng_states = ctx.gather(rng_state())
         if lead:
             from discovery.io import atomic_torch_save
 
@@ -198,8 +212,8 @@ def train_segmenter(
     metrics = {}
     if lead and start_step == 0:
         metrics = validate(0)
-    _barrier(world)
-    bar = _progress_bar(steps, start_step, progress and lead)
+    ctx.barrier()
+    bar = progress_bar(steps, initial=start_step, desc="train-segmenter", unit="step", enabled=progress and lead)
     window_loss, window_count, timed_images, timed_seconds = 0.0, 0, 0, 0.0
     step = start_step
     tick = time.perf_counter()
@@ -224,7 +238,7 @@ def train_segmenter(
             now = time.perf_counter()
             timed_images += window_count * batch_size
             timed_seconds += now - tick
-            mean_loss = _mean_across(float(window_loss) / window_count, world, device)
+            mean_loss = ctx.mean(float(window_loss) / window_count, device)
             if lead:
                 logger.log(step, **{"train/loss": mean_loss, "train/lr": optimizer.param_groups[0]["lr"],
                                     "train/images_per_s": window_count * batch_size / max(now - tick, 1e-9)})
@@ -241,7 +255,7 @@ def train_segmenter(
         if step % checkpoint_every == 0 or step == steps:
             checkpoint(step)
         if validating:
-            _barrier(world)  # the other processes wait while rank 0 validates
+            ctx.barrier()  # the other processes wait while rank 0 validates
     bar.close()
     stream.close()
 
@@ -277,12 +291,31 @@ def train_segmenter(
         write_json(summary, out / "summary.json")
         logger.close()
         say(f"  val iou {metrics['iou']:.4f}, accuracy {metrics['accuracy']:.4f}, mae {metrics['mae']:.4f} -> {out / 'segmenter.pt'}")
-    _barrier(world)
-    if own_group:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    ctx.barrier()
+    if own_context:
+        ctx.close()
     return summary
+
+
+def build_synthesizer(directions, device, *, generator=None, weights=None, generator_options=None, index="auto", sign="auto",
+                      rule="lighting", rule_options=None, seed: int = 0):
+    """The PairSynthesizer ``saliency.synthesize`` would use with the same options (on-the-fly training)."""
+    from discovery.directions import Directions
+    from discovery.generators.resolve import generator_for_directions
+    from discovery.runtime import get_logger
+    from saliency.direction_choice import resolve_direction
+    from saliency.masks import build_rule
+    from saliency.synthesis import PairSynthesizer
+
+    if not isinstance(directions, Directions):
+        directions = Directions.load(directions, generator if isinstance(generator, str) else None)
+    model, _ = generator_for_directions(directions, generator, weights=weights, generator_options=generator_options, device=device)
+    rule = build_rule(rule, **(rule_options or {})) if isinstance(rule, str) else rule
+    index, sign, _ = resolve_direction(model, directions, rule, index=index, sign=sign, seed=seed, device=device)
+    synthesizer = PairSynthesizer(model, directions, index, rule, device, sign=sign)
+    get_logger("train-segmenter").info(f"on the fly: generator {model.name}, direction {index}, sign {sign:+d}, {rule.name} rule, "
+                                       f"shift {synthesizer.shift:g}")
+    return synthesizer
 
 
 # ----------------------------------------------------------------------------- loss and metrics
@@ -595,100 +628,11 @@ def _prepare_synth_val(synthesizer, transform, seed: int, count: int, chunk: int
 # ----------------------------------------------------------------------------- checkpoints, RNG, processes
 
 
-def _get_rng() -> dict:
-    """RNG states in plain tensors and tuples, so checkpoints load with weights_only=True."""
-    from discovery.runtime import rng_state
-
-    state = rng_state()
-    name, keys, position, has_gauss, cached = state["numpy"]
-    state["numpy"] = (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss), float(cached))
-    return state
-
-
-def _set_rng(state: dict) -> None:
-    from discovery.runtime import set_rng_state
-
-    state = dict(state)
-    name, keys, position, has_gauss, cached = state["numpy"]
-    state["numpy"] = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
-    set_rng_state(state)
-
-
 def _read_training_checkpoint(path: Path, config: dict) -> dict:
     from discovery.checkpoints import read_checkpoint
 
     state = read_checkpoint(path, "a train-segmenter checkpoint.pt")
     if state.get("format") != "saliency.segmenter-training/1":
         raise UserError(f"{path}: not a train-segmenter checkpoint (format {state.get('format')!r})")
-    saved = state.get("config", {})
-    for key in _RESUME_FIXED:
-        if saved.get(key) != config.get(key):
-            raise UserError(f"--resume: {path} was trained with {key}={saved.get(key)!r}, this run asks for {config.get(key)!r}")
+    check_resume(state.get("config", {}), config, path.parent, keys=_RESUME_FIXED)
     return state
-
-
-def _init_distributed(device) -> tuple[int, int, int, bool]:
-    """(world size, rank, local rank, whether we created the process group)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 1, 0, 0, False
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    created = False
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and str(device or "auto").split(":")[0] in ("auto", "cuda", "None")
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        created = True
-    return dist.get_world_size(), dist.get_rank(), local_rank, created
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _gather(obj, world: int) -> list:
-    if world <= 1:
-        return [obj]
-    import torch.distributed as dist
-
-    gathered = [None] * world
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def _mean_across(value: float, world: int, device) -> float:
-    if world <= 1:
-        return value
-    import torch.distributed as dist
-
-    tensor = torch.tensor([value], device=device, dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.item() / world
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def write(self, text):
-        print(text)
-
-    def close(self):
-        pass
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train-segmenter", unit="step", dynamic_ncols=True)

@@ -31,14 +31,13 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from discovery.errors import UserError
-from discovery.runtime import pin_cuda_device
+from discovery.runtime import RankContext, check_resume, pin_cuda_device, rank_context  # noqa: F401  (RankContext: API)
 from saliency.masks import KEPT, REASONS, MaskRule, border_coverage
 from saliency.pairs import (
     MANIFEST,
@@ -140,140 +139,7 @@ class PairSynthesizer:
         return self.sample(batch_size, batch_generator(seed, batch_index))
 
 
-# ----------------------------------------------------------------------------- choices
-def choose_sign(generator, directions, index: int, rule: MaskRule, *, seed: int = 0, samples: int = 64,
-                batch_size: int = 32, device=None, prefer: int = 1, margin: float = 0.05) -> tuple[int, dict]:
-    """The shift sign whose masks look like objects rather than backgrounds, from ``samples`` probe latents.
-
-    A wrong sign makes the rule mark the background instead of the object, and backgrounds
-    run into the image border while objects mostly sit inside it; so the sign whose kept
-    masks cover less of the border wins. ``prefer`` (e.g. from the background ranking) wins
-    unless the other sign's border coverage is lower by more than ``margin``, or it keeps
-    no mask at all. Keep rates are reported but not used: with large objects a correct sign
-    is often rejected more (area above the limit) than a wrong one.
-    """
-    probe = {}
-    for sign in (1, -1):
-        synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
-        kept = total = 0
-        border_sum = 0.0
-        stream = torch.Generator().manual_seed(seed + 7919)  # the same probe latents for both signs
-        while total < samples:
-            _, masks, keep = synthesizer.sample(min(batch_size, samples - total), stream)
-            border_sum += float(border_coverage(masks[keep]).sum())
-            kept += int(keep.sum())
-            total += len(keep)
-        probe[f"{sign:+d}"] = {"keep_rate": kept / total, "border_coverage": border_sum / kept if kept else 1.0}
-    mine, other = probe[f"{prefer:+d}"], probe[f"{-prefer:+d}"]
-    switch = (mine["keep_rate"] == 0 and other["keep_rate"] > 0) or other["border_coverage"] + margin < mine["border_coverage"]
-    return (-prefer if switch else prefer), probe
-
-
-def rule_sign(rule: MaskRule, dimming_sign: int) -> int:
-    """The shift sign a rule wants, from the sign that dims the background (discovery.background's)."""
-    return -dimming_sign if rule.name == "intensity" else dimming_sign
-
-
-def _ranking_entries(data) -> list:
-    if isinstance(data, dict):
-        for key in ("ranking", "directions", "entries"):
-            if isinstance(data.get(key), list):
-                return data[key]
-        return []
-    return data if isinstance(data, list) else []
-
-
-def _sign_or_none(value) -> int | None:
-    try:
-        sign = int(np.sign(float(value)))
-    except (TypeError, ValueError):
-        return None
-    return sign or None
-
-
-def background_sign_of(directions, index: int) -> int | None:
-    """The background-dimming sign stored in the file for ``index`` (``stats["background_sign"]``), if any."""
-    signs = directions.stats.get("background_sign") if isinstance(directions.stats, dict) else None
-    if isinstance(signs, (list, tuple)) and len(signs) == directions.count:
-        return _sign_or_none(signs[index])
-    return None
-
-
-def resolve_background_index(generator, directions, directions_path=None, *, seed: int = 0) -> tuple[int, int | None, str]:
-    """``--index auto``: (index, background-dimming sign or None, where the choice came from).
-
-    In order: ``background_ranking.json`` beside the directions file (written by ``saliency
-    discover``), the file's ``stats["background_score"]`` (and ``"background_sign"``), and
-    scoring every direction with ``discovery.background.rank_background_directions``. The sign
-    follows ``discovery.background``: ``z + sign * r * d`` dims the background.
-    """
-    if directions_path is not None:
-        ranking_file = Path(directions_path).with_name("background_ranking.json")
-        if ranking_file.is_file():
-            try:
-                entries = _ranking_entries(json.loads(ranking_file.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                entries = []
-            if entries and isinstance(entries[0], dict) and 0 <= int(entries[0].get("index", -1)) < directions.count:
-                return int(entries[0]["index"]), _sign_or_none(entries[0].get("sign")), str(ranking_file)
-    scores = directions.stats.get("background_score") if isinstance(directions.stats, dict) else None
-    if isinstance(scores, (list, tuple)) and len(scores) == directions.count:
-        values = np.array([s if s is not None and np.isfinite(s) else -np.inf for s in scores], dtype=np.float64)
-        if np.isfinite(values).any():
-            index = int(values.argmax())
-            return index, background_sign_of(directions, index), "stats.background_score"
-    try:
-        from discovery.background import rank_background_directions
-    except ModuleNotFoundError as exc:
-        if exc.name != "discovery.background":
-            raise
-        raise UserError(
-            "--index auto: no background ranking available (no background_ranking.json beside the directions file, "
-            "no background_score in the file, no discovery.background module); pass --index I"
-        ) from None
-    entries = rank_background_directions(generator, directions, seed=seed)
-    if not entries:
-        raise UserError("--index auto: the directions file holds no directions to choose from")
-    return int(entries[0]["index"]), _sign_or_none(entries[0].get("sign")), "rank_background_directions"
-
-
 # ----------------------------------------------------------------------------- ranks
-@dataclass
-class RankContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    distributed: bool = False  # torch.distributed initialised, for barriers
-    owned: bool = False  # initialised by this context (``close`` tears it down)
-
-    def barrier(self) -> None:
-        if self.distributed:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.owned and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-            self.distributed = self.owned = False
-
-
-def rank_context(rank: int | None = None, world_size: int | None = None) -> RankContext:
-    """RANK / WORLD_SIZE / LOCAL_RANK from torchrun's environment unless given; init only when W > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
-    rank_value = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
-    local = int(os.environ.get("LOCAL_RANK", str(rank_value)))
-    if world < 1 or not 0 <= rank_value < world:
-        raise UserError(f"rank {rank_value} of world size {world}: not a valid torchrun layout")
-    distributed = owned = False
-    if world > 1 and rank is None and world_size is None and "MASTER_ADDR" in os.environ:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-            owned = True
-        distributed = True
-    return RankContext(rank_value, world, local, distributed, owned)
-
-
 def quota_of(rank: int, world: int, n: int) -> int:
     return n // world + (1 if rank < n % world else 0)
 
@@ -308,17 +174,6 @@ def _settings(synthesizer: PairSynthesizer, *, n, batch_size, storage, shard_siz
     return json.loads(json.dumps(settings))  # plain JSON types, so a stored copy compares equal
 
 
-def _first_difference(a, b, path="") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if a == b else f"{path}: {a!r} then, {b!r} now"
-
-
-# ----------------------------------------------------------------------------- pipeline
 class _Writer(threading.Thread):
     """Consumes batches in order: keeps the first ``quota - done`` kept candidates, commits units."""
 
@@ -546,7 +401,7 @@ def _merge_manifest(out_dir: Path, settings: dict, extra: dict, preview: int) ->
     return manifest
 
 
-def synthesize(
+def write_pairs(
     generator,                        # a LatentGenerator (or wrapped module) on any device
     directions,                       # discovery.directions.Directions of this generator
     index: int,                       # row of the background direction
@@ -569,8 +424,9 @@ def synthesize(
     rank: int | None = None,          # override torchrun's RANK (tests, manual launches)
     world_size: int | None = None,    # override torchrun's WORLD_SIZE
     on_batch=None,                    # callback(batch_index) after each batch is launched (tests, progress hooks)
+    ctx: RankContext | None = None,   # the launcher's rank context (None: from rank/world_size or torchrun's environment)
 ) -> dict:
-    """Write ``n`` image/mask pairs to ``out_dir``; returns the manifest (or this rank's summary)."""
+    """Write ``n`` image/mask pairs to ``out_dir`` from resolved objects; returns the manifest (or this rank's summary)."""
     # Check the request.
     if format not in WRITERS:
         raise UserError(f"--format {format!r}: expected one of {', '.join(WRITERS)}")
@@ -582,7 +438,7 @@ def synthesize(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a folder")
-    ctx = rank_context(rank, world_size)
+    ctx = ctx if ctx is not None else rank_context(rank, world_size)
     if device is None:
         device = generator.device
     device = pin_cuda_device(torch.device(device), ctx.local_rank if ctx.distributed else None)
@@ -600,9 +456,7 @@ def synthesize(
             previous = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
         except (OSError, ValueError, KeyError, TypeError):
             raise UserError(f"{run_file}: unreadable; remove the folder or choose another --out") from None
-        difference = _first_difference(previous, settings)
-        if difference:
-            raise UserError(f"--resume {out_dir}: the run was made with other settings ({difference})")
+        check_resume(previous, settings, out_dir)
         if (out_dir / MANIFEST).is_file():
             from discovery.io import read_json
 
@@ -663,3 +517,60 @@ def synthesize(
         return _merge_manifest(out_dir, settings, extra, preview)
     # This rank's share only: another rank writes the manifest.
     return {"rank": this_rank, "pairs": quota, "session_pairs": session_pairs, "seconds": seconds, "manifest_written": False}
+
+
+def synthesize(
+    directions,                       # directions.pt (any format discovery.load_directions reads) or a Directions
+    out,                              # folder for shards/ or images/ + masks/, manifest.json, preview.png
+    *,
+    generator=None,                   # LatentGenerator, registered / plugin name, or None: the one the file records
+    weights=None,                     # weights of a named generator (None: the file's recorded path, the cache, the package)
+    generator_options=None,           # options of a named generator (classes, truncation, ...), over the file's
+    index="auto",                     # row of the background direction, or "auto": the file's recorded choice (else a ranking)
+    sign="auto",                      # 1 or -1: which way to shift; "auto": the rule's side of the recorded sign, checked by a probe
+    n: int = 100_000,                 # pairs to write (all ranks together)
+    rule="lighting",                  # a registered mask rule (saliency.masks.MASK_RULES) or a MaskRule
+    rule_options=None,                # that rule's options (shift, smooth, max_area, ...); unset: the paper's values
+    batch_size: int = 64,             # candidates per generator call
+    format: str = "shards",           # "shards" (WebDataset tar files) or "png" (folders)
+    shard_size: int = 1000,           # pairs per shard (and per resume unit)
+    seed: int = 0,                    # the latents of batch b depend on (seed, b) only
+    resume: bool = False,             # continue an interrupted run in out (same settings)
+    device=None,                      # None / "auto": CUDA when present (cuda:LOCAL_RANK under torchrun)
+    progress: bool = True,            # progress bar on stderr
+    preview: int = 16,                # pairs shown in preview.png (0: none)
+    workers: int | None = None,       # host threads for connected components and PNG encoding (None: from the core count)
+    ctx: RankContext | None = None,   # the launcher's rank context (None: torchrun's environment)
+    on_batch=None,                    # callback(batch_index) after each batch is launched (tests, progress hooks)
+) -> dict:
+    """The synthesis stage: image/mask pairs from the background direction; returns the manifest."""
+    from discovery.directions import Directions
+    from discovery.generators.resolve import generator_for_directions
+    from discovery.runtime import get_logger, rank_device
+    from saliency.direction_choice import resolve_direction
+    from saliency.masks import build_rule
+
+    if workers is not None and int(workers) < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    source = None
+    if not isinstance(directions, Directions):
+        source = str(Path(directions).resolve())
+        directions = Directions.load(directions, generator if isinstance(generator, str) else None)
+    rule = build_rule(rule, **(rule_options or {})) if isinstance(rule, str) else rule
+    if rule_options and not isinstance(rule, MaskRule):
+        raise UserError("rule_options apply to a rule given by name")
+    ctx = ctx if ctx is not None else rank_context()
+    device = rank_device(device, ctx)
+    model, options = generator_for_directions(directions, generator, weights=weights, generator_options=generator_options, device=device)
+    index, sign, choice = resolve_direction(model, directions, rule, index=index, sign=sign, seed=seed, device=device)
+    extra = {"directions": {"path": source}, **choice}
+    manifest = write_pairs(model, directions, index, out, n=n, rule=rule, batch_size=batch_size, format=format, shard_size=shard_size,
+                           seed=seed, resume=resume, device=device, progress=progress, sign=sign, preview=preview, workers=workers,
+                           generator_options=options, extra_manifest=extra, on_batch=on_batch, ctx=ctx)
+    if manifest.get("format"):
+        rate = manifest.get("rejection_rate")
+        speed = manifest.get("timing", {}).get("pairs_per_second")
+        get_logger("synthesize").info(
+            f"wrote {manifest['pairs']} pairs to {out} (direction {index}, sign {sign:+d}, shift {manifest['shift']:g}, "
+            f"rule {manifest['rule']['name']}, rejection rate {rate:.1%}" + (f", {speed:.0f} pairs/s" if speed else "") + ")")
+    return manifest

@@ -7,7 +7,8 @@ import torch
 
 from discovery.background import (
     background_stats,
-    choose_background_direction,
+    choose_background,
+    record_ranking,
     otsu_split,
     rank_background_directions,
     write_background_report,
@@ -50,9 +51,10 @@ def test_background_factor_wins_in_factor_and_shuffled_order(procedural_generato
     shuffled = Directions(directions.matrix[order], "procedural", "truth", shift_scale=3.0)
     flipped = shuffled.matrix.clone()
     flipped[order.tolist().index(BACKGROUND)] *= -1  # the chooser also reports the flipped sign
-    index, sign = choose_background_direction(G, Directions(flipped, "procedural", "truth", 3.0), samples=16, with_sign=True)
-    assert order[index] == BACKGROUND and sign == 1
-    assert choose_background_direction(G, shuffled, samples=12, seed=5) == order.tolist().index(BACKGROUND)
+    index, sign, source = choose_background(G, Directions(flipped, "procedural", "truth", 3.0), samples=16)
+    assert order[index] == BACKGROUND and sign == 1 and "computed" in source
+    assert choose_background(G, shuffled, samples=12, seed=5)[0] == order.tolist().index(BACKGROUND)
+    assert shuffled.background["index"] == order.tolist().index(BACKGROUND)  # recorded in the directions
 
 
 def test_chooser_on_hessian_directions_and_stored_scores(procedural_generator, tmp_path):
@@ -64,9 +66,14 @@ def test_chooser_on_hessian_directions_and_stored_scores(procedural_generator, t
     best = ranking[0]["index"]
     assert abs(float(hessian.matrix[best] @ G.factor_directions["background_brightness"])) > 0.95
 
-    hessian.stats.update(background_stats(ranking, hessian.count))
+    record_ranking(hessian, ranking)
     assert len(hessian.stats["background_score"]) == hessian.count
-    assert choose_background_direction(G, hessian, use_stats=True, with_sign=True) == (best, ranking[0]["sign"])
+    assert hessian.stats["background_score"] == background_stats(ranking, hessian.count)["background_score"]
+    hessian.save(tmp_path / "copied-and-renamed.pt")  # the decision travels inside the file
+    reloaded = Directions.load(tmp_path / "copied-and-renamed.pt")
+    assert choose_background(G, reloaded)[:2] == (best, ranking[0]["sign"])
+    hessian.set_background(best + 1, -1, "a person")  # a human choice wins over the scores
+    assert choose_background(G, hessian) == (best + 1, -1, "a person")
 
     report = write_background_report(G, hessian, ranking, tmp_path, top=2, samples=2)
     assert report["best_index"] == best

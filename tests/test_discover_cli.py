@@ -23,7 +23,7 @@ def _run(capsys, *argv):
 
 def test_discover_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = _run(capsys, "--out", str(out), "--steps", "3", "--checkpoint-every", "2", "--baseline-steps", "2",
+    code, stdout, _ = _run(capsys, "--out", str(out), "--steps", "3", "--checkpoint-every", "2", "--baselines", "--baseline-steps", "2",
                            "--chart-rows", "2", "--chart-columns", "3")  # fmt: skip
     assert code == 0
     for name in ("directions.pt", "summary.json", "checkpoint.pt", "stats.csv", "stats.jsonl", "charts/index.html"):
@@ -38,11 +38,8 @@ def test_discover_writes_every_output(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["rca"] <= 1 and set(summary["baselines"]) == {"random", "identity"} and summary["charts"] == 8
     assert "RCA" in stdout.splitlines()[-1]
-    try:
-        import discovery.background  # noqa: F401
-    except ModuleNotFoundError:
-        return
-    ranking = json.loads((out / "background_ranking.json").read_text())
+    ranking = json.loads((out / "background_ranking.json").read_text())["ranking"]
+    assert directions.background["index"] == ranking[0]["index"] and directions.background["sign"] == ranking[0]["sign"]
     assert len(directions.stats["background_score"]) == 8
     first = ranking[0]["index"]
     assert index.index(f"direction_{first:03d}.png") < min(index.index(p.name) for p in charts if p.name != f"direction_{first:03d}.png")
@@ -68,11 +65,16 @@ def test_cli_resume_matches_an_uninterrupted_run(tmp_path, capsys):
         (["--min-shift", "9"], "--min-shift"),
         (["--resume"], "no checkpoint.pt"),
         (["--method", "ganspace", "--resume"], "--resume"),
+        (["--method", "sefa", "--steps", "3"], "--steps: does not apply to --method sefa"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "--out", str(out), "--steps", "2", *argv)
+    if "--method" in argv:  # QUICK holds voynov options, which other methods refuse
+        code = main(["discover", "--generator", "procedural", "--device", "cpu", "--out", str(out), *argv])
+        err = capsys.readouterr().err
+    else:
+        code, _, err = _run(capsys, "--out", str(out), "--steps", "2", *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("saliency discover: error:") and message in lines[0], err

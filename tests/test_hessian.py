@@ -12,6 +12,7 @@ from discovery.errors import UserError
 from discovery.generators import wrap_generator
 from discovery.hessian import (
     discover_hessian,
+    load_feature_net,
     exact_hessian,
     hessian_backward_loop,
     hessian_vector_products,
@@ -92,8 +93,12 @@ def test_feature_distance_hessian_and_distance_errors(tmp_path):
     f = latent_distance(G, z, distance="feature", feature_net=features)
     assert _relative(exact_hessian(f, z), H_true) < 1e-4
     assert _relative(jacobian_hessian(G, z, None, make_distance("feature", features)), H_true) < 1e-10
-    torch.save(features, tmp_path / "features.pt")  # a network file, as the command line passes it
+    torch.jit.save(torch.jit.script(features), tmp_path / "features.pt")  # a TorchScript file, as the command line passes it
     f = latent_distance(G, z, distance=make_distance("feature", str(tmp_path / "features.pt")))
+    torch.save(features, tmp_path / "pickled.pt")  # a pickled module runs code when loaded: refused unless trusted
+    with pytest.raises(UserError, match="trust-feature-net"):
+        make_distance("feature", str(tmp_path / "pickled.pt"))
+    assert isinstance(load_feature_net(tmp_path / "pickled.pt", trust=True), nn.Module)
     assert _relative(exact_hessian(f, z), H_true) < 1e-4
 
     with pytest.raises(UserError, match="feature network"):

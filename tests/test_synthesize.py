@@ -14,7 +14,8 @@ from discovery.generators import wrap_generator
 from discovery.images import to_uint8
 from saliency.masks import IntensityMaskRule, LightingMaskRule
 from saliency.pairs import open_pairs
-from saliency.synthesis import PairSynthesizer, batch_latents, choose_sign, synthesize
+from saliency.direction_choice import choose_sign
+from saliency.synthesis import PairSynthesizer, batch_latents, write_pairs as synthesize
 
 BACKGROUND = 3  # index of procedural's background_brightness factor among FACTORS
 INTENSITY = IntensityMaskRule(threshold=0.85)  # procedural's whitest background has luma 0.9
@@ -239,22 +240,26 @@ def test_command_line_writes_pairs(directions_file, tmp_path, capsys):
     assert len(open_pairs(out)) == 10
 
 
-def test_index_auto_follows_the_ranking_and_the_rules_sign(procedural_generator, directions, tmp_path):
-    from saliency.synthesis import choose_sign, resolve_background_index, rule_sign
+def test_index_auto_follows_the_recorded_choice_and_the_rules_sign(procedural_generator, directions, tmp_path):
+    from saliency.direction_choice import choose_sign, resolve_direction, rule_sign
 
-    # Scored on the spot (discovery.background): procedural's background factor; darkening it is -1.
-    index, dimming, source = resolve_background_index(procedural_generator, directions, tmp_path / "directions.pt")
-    assert (index, dimming, source) == (BACKGROUND, -1, "rank_background_directions")
-    assert rule_sign(INTENSITY, dimming) == 1 and rule_sign(LightingMaskRule(), dimming) == -1
+    # Nothing recorded: scored on the spot (discovery.background); procedural's background factor, darkened by -1.
+    fresh = Directions(directions.matrix, generator="procedural", method="truth", shift_scale=3.0)
+    index, sign, provenance = resolve_direction(procedural_generator, fresh, INTENSITY, seed=0)
+    assert index == BACKGROUND and provenance["index_choice"]["background_dimming_sign"] == -1
+    assert fresh.background == {**fresh.background, "index": BACKGROUND, "sign": -1}  # and recorded in the directions
+    assert rule_sign(INTENSITY, -1) == 1 and rule_sign(LightingMaskRule(), -1) == -1
+    assert sign == 1  # the intensity rule brightens the background
     # The probe keeps the preferred sign, and overrules a wrong preference (whose masks are rejected or touch the border).
     assert choose_sign(procedural_generator, directions, BACKGROUND, INTENSITY, prefer=1, samples=16)[0] == 1
     assert choose_sign(procedural_generator, directions, BACKGROUND, INTENSITY, prefer=-1, samples=16)[0] == 1
-    # Stored scores, then a ranking file beside the directions file, take precedence over scoring.
-    stored = Directions(directions.matrix, generator="procedural", method="truth", shift_scale=3.0,
-                        stats={"background_score": [0.1, 0.2, 0.9, 0.3, float("nan")], "background_sign": [1, 1, -1, 1, 0]})
-    assert resolve_background_index(procedural_generator, stored, tmp_path / "directions.pt") == (2, -1, "stats.background_score")
-    (tmp_path / "background_ranking.json").write_text(json.dumps([{"index": 4, "score": 0.5, "sign": 1}, {"index": 3}]))
-    assert resolve_background_index(procedural_generator, stored, tmp_path / "directions.pt")[:2] == (4, 1)
+    # A recorded choice (a person's, or discover's ranking) is taken from the file alone, even after a copy and rename.
+    stored = Directions(directions.matrix, generator="procedural", method="truth", shift_scale=3.0)
+    stored.set_background(2, -1, "a person")
+    stored.save(tmp_path / "renamed.pt")
+    copied = Directions.load(tmp_path / "renamed.pt")
+    index, _, provenance = resolve_direction(procedural_generator, copied, INTENSITY, sign=1)
+    assert index == 2 and provenance["index_choice"] == {"source": "a person", "index": 2, "background_dimming_sign": -1}
 
 
 def test_bad_inputs_exit_2_with_one_line(directions, directions_file, tmp_path, capsys):

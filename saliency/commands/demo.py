@@ -28,3 +28,8 @@ def run(args):
     config["evaluate"]["root"] = str(images)
     summary = run_pipeline(config, args.out, device=args.device, seed=args.seed)
     print(f"report: {summary['report']}")
+
+
+from saliency.commands.registry import register_command  # noqa: E402
+
+register_command(NAME, HELP, add_arguments, run, globals().get("DESCRIPTION"))

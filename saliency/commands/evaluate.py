@@ -13,6 +13,8 @@ results.md, pr_curve.png, f_threshold.png, worst_best.png and summary.json.
 downloaded from the official site when missing and online) or any folder with an image and a mask
 sub-folder matched by file stem. --predictions maps are matched to the masks by file stem too."""
 
+from saliency.commands.registry import register_command
+
 DEFAULT_OUT = "outputs/evaluate"
 
 
@@ -35,68 +37,15 @@ def add_arguments(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _default_out(args, dataset) -> str:
-    from pathlib import Path
-
-    if args.checkpoint:
-        tag = Path(args.checkpoint).resolve().parent.name or "checkpoint"
-    elif args.predictions:
-        tag = Path(args.predictions).resolve().name
-    else:
-        tag = args.baseline
-    return str(Path(DEFAULT_OUT) / f"{dataset.name}-{tag}")
-
-
 def run(args):
-    from pathlib import Path
+    import saliency
 
-    from discovery.errors import UserError
-    from saliency.datasets import open_dataset
-    from saliency.evaluation import evaluate_prediction_folder, evaluate_predictor
-
-    if args.short_side is not None and args.short_side < 0:
-        raise UserError(f"--short-side {args.short_side}: must be positive (or 0 for full size)")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers}: must be at least 1")
-    if args.predictions and args.save_predictions:
-        raise UserError("--save-predictions applies to --checkpoint and --baseline; --predictions are saved already")
-    if not args.predictions and args.resize_predictions:
-        raise UserError("--resize-predictions applies to --predictions only (model and baseline maps are always resized to the mask)")
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise UserError(f"--checkpoint {args.checkpoint}: file not found")
-    dataset = open_dataset(args.dataset, args.root, args.split, download=not args.no_download)
-    out = Path(args.out or _default_out(args, dataset))
-    normalize = "minmax" if args.minmax_normalize else "none"
-    common = dict(workers=args.workers, progress=not args.no_progress)
-
-    if args.predictions:
-        results = evaluate_prediction_folder(args.predictions, dataset, out, name=args.name, resize=args.resize_predictions, normalize=normalize, **common)
-    elif args.baseline:
-        from saliency.baselines import get_baseline
-
-        results = evaluate_predictor(
-            get_baseline(args.baseline), dataset, out, name=args.name or args.baseline, short_side=None,
-            save_predictions=args.save_predictions, normalize=normalize, source={"kind": "baseline", "baseline": args.baseline}, **common,
-        )
-    else:
-        try:
-            from saliency.segmenter import load_segmenter
-        except ModuleNotFoundError as exc:
-            if exc.name != "saliency.segmenter":
-                raise
-            raise UserError("--checkpoint needs saliency.segmenter, which this installation lacks") from None
-        from discovery.runtime import resolve_device
-
-        segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
-        short_side = args.short_side or None
-        results = evaluate_predictor(
-            segmenter.predict, dataset, out, name=args.name or f"segmenter ({Path(args.checkpoint).name})", short_side=short_side,
-            save_predictions=args.save_predictions, normalize=normalize, source={"kind": "checkpoint", "path": str(args.checkpoint)}, **common,
-        )
-
-    m = results["metrics"]
-    print(
-        f"{results['name']} on {dataset.name} ({len(dataset)} images): max_f_beta {m['max_f_beta']:.3f}  IoU {m['iou']:.3f}  "
-        f"accuracy {m['accuracy']:.3f}  MAE {m['mae']:.3f}  S {m['s_measure']:.3f}  wF {m['weighted_f']:.3f}"
+    saliency.evaluate(
+        args.dataset, args.out, checkpoint=args.checkpoint, predictions=args.predictions, baseline=args.baseline, root=args.root,
+        split=args.split, name=args.name, short_side=args.short_side, save_predictions=args.save_predictions,
+        resize_predictions=args.resize_predictions, normalize="minmax" if args.minmax_normalize else "none", workers=args.workers,
+        download=not args.no_download, progress=not args.no_progress, device=args.device,
     )
-    print(f"report: {results['files']['markdown']}")
+
+
+register_command(NAME, HELP, add_arguments, run, DESCRIPTION)

@@ -14,6 +14,13 @@ def run(args):
     for name in list_generators():
         entry = get_entry(name)
         source = "no weights needed"
-        if entry.weights is not None:
+        if entry.plugin is not None:
+            source = f"plugin: {entry.plugin}"
+        elif entry.weights is not None:
             source = "embedded in the package" if entry.weights.embedded else f"weights: {entry.weights.filename}"
         print(f"{name:20s} {entry.description}  [{source}]")
+
+
+from saliency.commands.registry import register_command  # noqa: E402
+
+register_command(NAME, HELP, add_arguments, run, globals().get("DESCRIPTION"))

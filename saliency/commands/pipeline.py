@@ -15,3 +15,8 @@ def run(args):
     from saliency.pipeline import load_config, run_pipeline
 
     run_pipeline(load_config(args.config), args.out, device=args.device, seed=args.seed)
+
+
+from saliency.commands.registry import register_command  # noqa: E402
+
+register_command(NAME, HELP, add_arguments, run, globals().get("DESCRIPTION"))

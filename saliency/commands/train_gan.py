@@ -71,3 +71,8 @@ def run(args):
         export=args.export,
     )
     return summary
+
+
+from saliency.commands.registry import register_command  # noqa: E402
+
+register_command(NAME, HELP, add_arguments, run, globals().get("DESCRIPTION"))

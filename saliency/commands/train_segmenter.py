@@ -1,8 +1,9 @@
-"""``saliency train-segmenter``: train the UNet on synthetic pairs (from a folder or on the fly)."""
+"""``saliency train-segmenter``: train the UNet on synthetic pairs (calls ``saliency.train_segmenter``)."""
 
 from __future__ import annotations
 
-from saliency.commands.common import add_generator_arguments, add_mask_rule_arguments, shift_sign
+from saliency.commands.common import add_generator_arguments, add_mask_rule_arguments, mask_rule_options
+from saliency.commands.registry import register_command
 
 NAME = "train-segmenter"
 HELP = "train a UNet segmenter on synthetic image/mask pairs"
@@ -32,10 +33,10 @@ def add_arguments(parser):
     source = parser.add_argument_group("pairs")
     source.add_argument("--data", default=None, help="pairs folder written by `saliency synthesize` (PNG or shards)")
     source.add_argument("--on-the-fly", action="store_true", help="draw pairs from the generator while training instead of --data")
-    source.add_argument("--directions", default=None, help="on the fly: directions.pt from `saliency discover`")
-    source.add_argument("--index", default="auto", help="on the fly: background direction row, or 'auto' (background ranking)")
-    source.add_argument("--sign", type=shift_sign, default="auto", help="on the fly: 1 or -1, the way to shift; auto: as `saliency synthesize` chooses")
-    add_mask_rule_arguments(parser, "on-the-fly mask rule (as `saliency synthesize`; unset options keep the rule's paper values)")
+    source.add_argument("--directions", default=None, help="on the fly: directions.pt from `saliency discover` (or an imported format)")
+    source.add_argument("--index", default="auto", help="on the fly: background direction row, or 'auto' (the file's recorded choice)")
+    source.add_argument("--sign", default="auto", help="on the fly: 1 or -1, the way to shift; auto: as `saliency synthesize` chooses")
+    add_mask_rule_arguments(parser)
     add_generator_arguments(parser, default=None)
 
     parser.add_argument("--out", default="outputs/train-segmenter", help="output folder")
@@ -66,30 +67,12 @@ def add_arguments(parser):
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def _build_synthesizer(args, device):
-    """The PairSynthesizer `saliency synthesize` would use with the same options."""
-    from discovery.directions import Directions
-    from discovery.errors import UserError
-    from saliency.commands.common import background_direction_choice, generator_for_directions, mask_rule_from_args
-    from saliency.synthesis import PairSynthesizer
-
-    if args.directions is None:
-        raise UserError("--on-the-fly needs --directions FILE (directions.pt from `saliency discover`)")
-    directions = Directions.load(args.directions)
-    generator, _ = generator_for_directions(args, directions, device)
-    rule = mask_rule_from_args(args)
-    index, sign, _ = background_direction_choice(args, generator, directions, rule, device)
-    synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
-    print(f"on the fly: generator {generator.name}, direction {index}, sign {sign:+d}, {rule.name} rule, shift {synthesizer.shift:g}")
-    return synthesizer
-
-
 def run(args):
     import torch
 
+    import saliency
     from discovery.errors import UserError
-    from discovery.runtime import resolve_device
-    from saliency.segmenter_training import train_segmenter
+    from saliency.commands.common import generator_options
 
     if args.threads is not None:
         if args.threads < 1:
@@ -97,40 +80,21 @@ def run(args):
         torch.set_num_threads(args.threads)
     if args.on_the_fly == (args.data is not None):
         raise UserError("give exactly one source of pairs: --data DIR or --on-the-fly (with --directions)")
-    synthesizer = None
+    if args.on_the_fly and args.directions is None:
+        raise UserError("--on-the-fly needs --directions FILE (directions.pt from `saliency discover`)")
+    on_the_fly = {}
     if args.on_the_fly:
-        import os
-
-        device = args.device
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available() and args.device in ("auto", "cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        synthesizer = _build_synthesizer(args, resolve_device(device))
-    return train_segmenter(
-        args.out,
-        data=args.data,
-        synthesizer=synthesizer,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        lr_decay_every=args.lr_decay_every,
-        dice_weight=args.dice_weight,
-        image_size=args.image_size,
-        encoder=args.encoder,
-        encoder_weights=args.encoder_weights,
-        encoder_depth=args.encoder_depth,
-        decoder_channels=args.decoder_channels,
-        augment=args.augment,
-        crop_scale=args.crop_scale,
-        val_fraction=args.val_fraction,
-        val_pairs=args.val_pairs,
-        val_every=args.val_every,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        workers=args.workers,
-        progress=args.progress,
+        on_the_fly = dict(directions=args.directions, generator=args.generator, weights=args.weights,
+                          generator_options=generator_options(args), index=args.index, sign=args.sign, rule=args.rule,
+                          rule_options=mask_rule_options(args))
+    saliency.train_segmenter(
+        args.out, data=args.data, **on_the_fly, steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+        lr_decay_every=args.lr_decay_every, dice_weight=args.dice_weight, image_size=args.image_size, encoder=args.encoder,
+        encoder_weights=args.encoder_weights, encoder_depth=args.encoder_depth, decoder_channels=args.decoder_channels,
+        augment=args.augment, crop_scale=args.crop_scale, val_fraction=args.val_fraction, val_pairs=args.val_pairs,
+        val_every=args.val_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        seed=args.seed, device=args.device, amp=args.amp, workers=args.workers, progress=args.progress, ctx=args.ctx,
     )
+
+
+register_command(NAME, HELP, add_arguments, run, DESCRIPTION)
