@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from discovery.directions import Directions

@@ -148,7 +148,7 @@ def _lpips_distance(net: str):
     if net not in _LPIPS_BACKBONES:
         raise UserError(f"LPIPS backbone {net!r}: unknown (known: {', '.join(_LPIPS_BACKBONES)})")
     try:
-        import lpips  # noqa: F401
+        import lpips
     except ImportError:
         raise UserError("--distance lpips needs the lpips package: pip install 'saliency[lpips]' (or use --distance mse / feature)") from None
     path = lpips_weights_path(net)
@@ -157,8 +157,6 @@ def _lpips_distance(net: str):
             f"--distance lpips: the {net} backbone weights are not on this machine; put {_LPIPS_BACKBONES[net]} "
             f"(torchvision's ImageNet weights) at {path} (or set TORCH_HOME), or use --distance mse / feature"
         )
-    import lpips
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 
@@ -144,9 +144,3 @@ def as_class_condition(condition, n: int, num_classes: int = NUM_CLASSES) -> tor
     if condition.dim() != 2 or condition.shape != (n, num_classes):
         raise ValueError(f"class weights must have shape ({n}, {num_classes}), got {tuple(condition.shape)}")
     return condition
-
-
-def describe_classes(indices: Sequence[int] | None) -> str:
-    if indices is None:
-        return "all 1000 ImageNet classes"
-    return ", ".join(f"{i} ({class_name(i)})" for i in indices[:5]) + (", ..." if len(indices) > 5 else "")

@@ -18,17 +18,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return images.add(1).mul(0.5).clamp(0, 1)
-
-
-def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, H, W) luma (ITU-R 601), same range as the input."""
-    weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (images * weights).sum(1)
-
-
 def make_grid(images: np.ndarray, rows: int, cols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
     """Tile (N, H, W, C) uint8 images row-major into one array, padded with ``fill``."""
     n, h, w, c = images.shape

@@ -358,6 +358,7 @@ class _Stacked:
     def __init__(self, stats: list[dict]):
         self.stats = stats
         self._cache: dict[str, np.ndarray] = {}
+        self._derived: dict = {}
 
     def __len__(self):
         return len(self.stats)
@@ -371,9 +372,19 @@ class _Stacked:
             self._cache[key] = np.asarray(np.stack(values) if np.ndim(values[0]) else values, dtype=np.float64)
         return self._cache[key]
 
+    def derived(self, key, compute):
+        """A value computed from the statistics once, however many metrics ask for it."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
+
 
 def f_beta_curves(s: _Stacked, beta2: float = BETA2) -> dict:
     """The papers' max_f_beta: mean over images of per-image F at each of the 255 thresholds."""
+    return s.derived(("f_beta", beta2), lambda: _f_beta_curves(s, beta2))
+
+
+def _f_beta_curves(s: _Stacked, beta2: float) -> dict:
     tp = _at_least(s["paper_fg"])[:, 1:]  # value > t_k  <=>  bin > k, k = 0..254
     pp = tp + _at_least(s["paper_bg"])[:, 1:]
     gt = s["gt_fg"][:, None]
@@ -405,6 +416,10 @@ def binary_scores(s: _Stacked) -> dict:
 
 def toolbox_pr(s: _Stacked, beta2: float = BETA2) -> dict:
     """pysodmetrics' ``Fmeasure``: per-image P/R/F at floor(255 pred) >= k, in ascending k."""
+    return s.derived(("toolbox_pr", beta2), lambda: _toolbox_pr(s, beta2))
+
+
+def _toolbox_pr(s: _Stacked, beta2: float) -> dict:
     tp = _at_least(s["toolbox_fg"])
     pp = tp + _at_least(s["toolbox_bg"])
     precision = _divide(tp, pp)
@@ -477,11 +492,13 @@ class Metric:
     """Base accumulator: ``update(pred, gt)`` per image, ``compute()`` for the dataset numbers.
 
     ``update_stats(stats)`` takes the output of ``image_statistics`` computed elsewhere (another process),
-    so several metrics can share one pass over each image."""
+    so several metrics can share one pass over each image; ``from_stacked`` computes a metric from
+    statistics already stacked, which is how ``SaliencyMetrics`` composes the metrics below."""
 
     parts: frozenset = frozenset()
 
-    def __init__(self):
+    def __init__(self, beta2: float = BETA2):
+        self.beta2 = beta2
         self.reset()
 
     def reset(self) -> None:
@@ -502,6 +519,9 @@ class Metric:
         return _Stacked(self._stats)
 
     def compute(self) -> dict:
+        return self.from_stacked(self._stacked())
+
+    def from_stacked(self, s: _Stacked) -> dict:
         raise NotImplementedError
 
 
@@ -510,12 +530,8 @@ class MaxFBeta(Metric):
 
     parts = frozenset({"curves"})
 
-    def __init__(self, beta2: float = BETA2):
-        self.beta2 = beta2
-        super().__init__()
-
-    def compute(self) -> dict:
-        r = f_beta_curves(self._stacked(), self.beta2)
+    def from_stacked(self, s: _Stacked) -> dict:
+        r = f_beta_curves(s, self.beta2)
         return {"max_f_beta": r["max_f_beta"], "max_f_beta_threshold": r["max_f_beta_threshold"]}
 
 
@@ -524,8 +540,8 @@ class IoUAccuracy(Metric):
 
     parts = frozenset({"binary"})
 
-    def compute(self) -> dict:
-        r = binary_scores(self._stacked())
+    def from_stacked(self, s: _Stacked) -> dict:
+        r = binary_scores(s)
         return {"iou": float(r["iou"].mean()), "accuracy": float(r["accuracy"].mean())}
 
 
@@ -535,12 +551,7 @@ class FMeasure(Metric):
 
     parts = frozenset({"curves", "adaptive"})
 
-    def __init__(self, beta2: float = BETA2):
-        self.beta2 = beta2
-        super().__init__()
-
-    def compute(self) -> dict:
-        s = self._stacked()
+    def from_stacked(self, s: _Stacked) -> dict:
         pr = toolbox_pr(s, self.beta2)
         classic = _f_of(pr["precision"].mean(0), pr["recall"].mean(0), self.beta2)
         curve = pr["f"].mean(0)
@@ -555,15 +566,15 @@ class FMeasure(Metric):
 class MAE(Metric):
     parts = frozenset({"mae"})
 
-    def compute(self) -> dict:
-        return {"mae": float(self._stacked()["mae"].mean())}
+    def from_stacked(self, s: _Stacked) -> dict:
+        return {"mae": float(s["mae"].mean())}
 
 
 class SMeasure(Metric):
     parts = frozenset({"s_measure"})
 
-    def compute(self) -> dict:
-        return {"s_measure": float(self._stacked()["s_measure"].mean())}
+    def from_stacked(self, s: _Stacked) -> dict:
+        return {"s_measure": float(s["s_measure"].mean())}
 
 
 class EMeasure(Metric):
@@ -571,17 +582,17 @@ class EMeasure(Metric):
 
     parts = frozenset({"curves", "adaptive"})
 
-    def compute(self) -> dict:
-        s = self._stacked()
-        curve = e_measure_curves(s).mean(0)
+    def from_stacked(self, s: _Stacked) -> dict:
+        pr = toolbox_pr(s, self.beta2)
+        curve = e_measure_curves(s, pr["tp"], pr["pp"]).mean(0)
         return {"mean_e": float(curve.mean()), "max_e": float(curve.max()), "adaptive_e": float(adaptive_e(s).mean())}
 
 
 class WeightedFMeasure(Metric):
     parts = frozenset({"weighted_f"})
 
-    def compute(self) -> dict:
-        return {"weighted_f": float(self._stacked()["weighted_f"].mean())}
+    def from_stacked(self, s: _Stacked) -> dict:
+        return {"weighted_f": float(s["weighted_f"].mean())}
 
 
 class MaxIoU(Metric):
@@ -589,8 +600,9 @@ class MaxIoU(Metric):
 
     parts = frozenset({"curves"})
 
-    def compute(self) -> dict:
-        return {"max_iou": float(iou_curves(self._stacked()).mean(0).max())}
+    def from_stacked(self, s: _Stacked) -> dict:
+        pr = toolbox_pr(s, self.beta2)
+        return {"max_iou": float(iou_curves(s, pr["tp"], pr["pp"]).mean(0).max())}
 
 
 METRIC_KEYS = (
@@ -616,10 +628,6 @@ class SaliencyMetrics(Metric):
 
     parts = PARTS
 
-    def __init__(self, beta2: float = BETA2):
-        self.beta2 = beta2
-        super().__init__()
-
     def reset(self) -> None:
         super().reset()
         self.names: list[str] = []
@@ -631,8 +639,14 @@ class SaliencyMetrics(Metric):
         super().update_stats(stats)
         self.names.append(name if name is not None else str(len(self.names)))
 
-    def compute(self) -> dict:
-        s = self._stacked()
+    COMPONENTS = (MaxFBeta, IoUAccuracy, FMeasure, MAE, SMeasure, EMeasure, WeightedFMeasure, MaxIoU)
+
+    def from_stacked(self, s: _Stacked) -> dict:
+        metrics: dict = {}
+        for component in self.COMPONENTS:
+            metrics.update(component(self.beta2).from_stacked(s))
+        order = [*METRIC_KEYS, "max_f_of_mean_curve", "max_f_beta_threshold"]
+        metrics = {key: metrics[key] for key in order}
         paper = f_beta_curves(s, self.beta2)
         binary = binary_scores(s)
         pr = toolbox_pr(s, self.beta2)
@@ -642,23 +656,6 @@ class SaliencyMetrics(Metric):
         e_curve = e_measure_curves(s, pr["tp"], pr["pp"]).mean(0)
         iou_curve = iou_curves(s, pr["tp"], pr["pp"]).mean(0)
         adp_f = adaptive_f(s, self.beta2)
-        metrics = {
-            "max_f_beta": paper["max_f_beta"],
-            "iou": float(binary["iou"].mean()),
-            "accuracy": float(binary["accuracy"].mean()),
-            "max_f": float(classic.max()),
-            "mean_f": float(f_curve.mean()),
-            "adaptive_f": float(adp_f.mean()),
-            "mae": float(s["mae"].mean()),
-            "s_measure": float(s["s_measure"].mean()),
-            "mean_e": float(e_curve.mean()),
-            "max_e": float(e_curve.max()),
-            "adaptive_e": float(adaptive_e(s).mean()),
-            "weighted_f": float(s["weighted_f"].mean()),
-            "max_iou": float(iou_curve.max()),
-            "max_f_of_mean_curve": float(f_curve.max()),
-            "max_f_beta_threshold": paper["max_f_beta_threshold"],
-        }
         curves = {
             "toolbox_thresholds": TOOLBOX_THRESHOLDS,
             "precision": mean_p,

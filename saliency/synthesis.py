@@ -38,7 +38,7 @@ import torch
 
 from discovery.errors import UserError
 from discovery.runtime import RankContext, check_resume, pin_cuda_device, rank_context  # noqa: F401  (RankContext: API)
-from saliency.masks import KEPT, REASONS, MaskRule, border_coverage
+from saliency.masks import KEPT, REASONS, MaskRule
 from saliency.pairs import (
     MANIFEST,
     PAIRS_FORMAT,

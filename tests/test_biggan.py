@@ -257,11 +257,8 @@ def test_non_finite_weights_are_refused(tmp_path):
 
 
 def test_cli_reports_a_bad_checkpoint_in_one_line_with_exit_code_2(tmp_path, capsys):
-    from saliency.cli import build_parser, main
+    from saliency.cli import main
 
-    commands = build_parser()._subparsers._group_actions[0].choices
-    if "discover" not in commands:
-        pytest.skip("the discover command is not in this checkout")
     (tmp_path / "G_ema.pth").write_bytes(b"\x00garbage")
     code = main(["discover", "--generator", "biggan-128", "--weights", str(tmp_path / "G_ema.pth"), "--out", str(tmp_path / "out"), "--device", "cpu"])
     err = capsys.readouterr().err.strip()

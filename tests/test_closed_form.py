@@ -1,6 +1,5 @@
 """GANSpace and SeFa directions, the latent-layer detection, and the method comparison report."""
 
-import json
 
 import numpy as np
 import pytest
@@ -8,8 +7,7 @@ import torch
 from torch import nn
 
 from discovery.closed_form import discover_ganspace, discover_sefa, find_latent_layer, principal_components
-from discovery.compare import compare_methods, factor_alignment
-from discovery.directions import Directions
+
 from discovery.errors import UserError
 from discovery.generators import create_generator, wrap_generator
 
@@ -127,35 +125,3 @@ def test_ganspace_layers():
     components, variances, total = principal_components(torch.randn(50, 300), 5)
     assert components.shape == (5, 300) and torch.allclose(components.norm(dim=1), torch.ones(5), atol=1e-4)
     assert float(variances.sum()) < total
-
-
-def test_compare_methods_report(procedural_generator, tmp_path):
-    G = procedural_generator
-    runs = {"sefa": discover_sefa(G), "ganspace": discover_ganspace(G, samples=128),
-            "truth": Directions(torch.cat([torch.stack(list(G.factor_directions.values())), G.basis[5:]]), "procedural", "truth", 3.0)}
-    calls = []
-
-    def fake_rca(generator, directions, *, steps, batch_size, seed, device):
-        calls.append((directions.method, directions.count, steps))
-        return 0.5
-
-    def fake_chart(generator, directions, index, *, latents, condition=None, shifts=9, shift_scale=None):
-        return np.full((10 * latents.shape[0], 10 * shifts, 3), 40 * index, dtype=np.uint8)
-
-    report = compare_methods(G, runs, tmp_path, rca_steps=7, timings={"sefa": 0.1}, count=6, top=3, rca_fn=fake_rca, chart_fn=fake_chart)
-    assert sorted(calls) == [("ganspace", 6, 7), ("sefa", 6, 7), ("truth", 6, 7)]
-    saved = json.loads((tmp_path / "comparison.json").read_text())
-    assert saved["methods"]["sefa"]["rca"] == 0.5 and saved["methods"]["sefa"]["time_s"] == 0.1
-    assert saved["methods"]["truth"]["factor_alignment"]["background_brightness"]["cosine"] == pytest.approx(1, abs=1e-6)
-    assert saved["agreement_top"]["mean_best_abs_cosine"]["truth"]["truth"] == pytest.approx(1, abs=1e-6)
-    assert "| sefa |" in (tmp_path / "comparison.md").read_text()
-    assert (tmp_path / "comparison.png").stat().st_size > 100
-    assert report["compared_directions"] == 6
-    assert factor_alignment(create_generator("tiny-dcgan", dim_z=8, resolution=16), runs["sefa"]) is None
-
-
-def test_compare_with_the_package_charts(procedural_generator, tmp_path):
-    pytest.importorskip("discovery.charts")
-    G = procedural_generator
-    report = compare_methods(G, {"sefa": discover_sefa(G, top_k=3)}, tmp_path, rca_steps=0, top=2, rows=2, shifts=3)
-    assert report["methods"]["sefa"]["rca"] is None and (tmp_path / "comparison.png").is_file()

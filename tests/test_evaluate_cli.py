@@ -141,7 +141,6 @@ def test_baseline_maps():
 
 
 def test_checkpoint(dataset, tmp_path, capsys):
-    pytest.importorskip("segmentation_models_pytorch")
     from saliency.segmenter import build_segmenter, save_segmenter, segmenter_config
 
     tiny = dict(encoder="tu-resnet10t", encoder_depth=3, decoder_channels=(16, 8, 4))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -45,36 +43,6 @@ def write_png_pairs(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-class PngPairs(torch.utils.data.Dataset):
-    """Test-only reader of the PNG layout, used where saliency.pairs is not in this checkout."""
-
-    def __init__(self, folder):
-        self.folder = Path(folder)
-        self.keys = sorted(p.stem for p in (self.folder / "images").glob("*.png"))
-
-    def __len__(self):
-        return len(self.keys)
-
-    def __getitem__(self, i):
-        key = self.keys[i]
-        image = np.asarray(Image.open(self.folder / "images" / f"{key}.png").convert("RGB"))
-        mask = (np.asarray(Image.open(self.folder / "masks" / f"{key}.png")) > 127).astype(np.uint8)
-        return image, mask
-
-
-def _has_pairs_module() -> bool:
-    try:
-        import saliency.pairs  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def pairs_source(folder: Path):
-    """The folder itself when saliency.pairs can read it, else the test reader."""
-    return folder if _has_pairs_module() else PngPairs(folder)
-
-
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory) -> Path:
     return write_png_pairs(tmp_path_factory.mktemp("pairs") / "pairs", 48)
@@ -100,7 +68,7 @@ def _checkpoint_tensors(path: Path) -> dict:
 def test_training_learns_discs(pairs_dir, tmp_path):
     from saliency.segmenter import load_segmenter
 
-    summary = _train(tmp_path / "run", pairs_source(pairs_dir), steps=40, val_every=20, log_every=10, checkpoint_every=20)
+    summary = _train(tmp_path / "run", pairs_dir, steps=40, val_every=20, log_every=10, checkpoint_every=20)
     history = summary["val_history"]
     assert [row["step"] for row in history] == [0, 20, 40]
     assert history[-1]["iou"] > history[0]["iou"] + 0.3 and history[-1]["iou"] > 0.7, history
@@ -123,7 +91,7 @@ def test_training_learns_discs(pairs_dir, tmp_path):
 
 
 def test_resume_continues_bit_for_bit(pairs_dir, tmp_path):
-    source = pairs_source(pairs_dir)
+    source = pairs_dir
     _train(tmp_path / "straight", source, steps=6)
     _train(tmp_path / "resumed", source, steps=3)
     assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["step"] == 3
@@ -251,14 +219,7 @@ def _run_cli(argv, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.fixture
-def pairs_module(monkeypatch):
-    """saliency.pairs as the real module or, in a checkout without it, the test reader."""
-    if not _has_pairs_module():
-        monkeypatch.setitem(sys.modules, "saliency.pairs", types.SimpleNamespace(open_pairs=PngPairs))
-
-
-def test_cli_trains_from_a_pairs_folder(pairs_dir, tmp_path, capsys, pairs_module):
+def test_cli_trains_from_a_pairs_folder(pairs_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train-segmenter", "--data", str(pairs_dir), "--out", str(out), *TINY_FLAGS, "--steps", "2", "--batch-size", "4",
             "--image-size", str(SIZE), "--val-fraction", "0.1", "--workers", "0", "--no-progress", "--device", "cpu"]
@@ -287,7 +248,7 @@ def test_cli_trains_on_the_fly(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing", "empty", "no-source", "both-sources", "fly-no-directions", "bad-encoder", "bad-size",
                                   "imagenet-offline", "corrupt-resume"])
-def test_cli_bad_input_is_one_line_and_writes_nothing(case, pairs_dir, tmp_path, capsys, monkeypatch, pairs_module):
+def test_cli_bad_input_is_one_line_and_writes_nothing(case, pairs_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     data = str(pairs_dir)
     extra: list[str] = []

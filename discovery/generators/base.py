@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from discovery.errors import UserError
+
 
 class LatentGenerator(nn.Module):
     """A generator adapter: latents z (and, for conditional models, a condition) -> images in [-1, 1].
