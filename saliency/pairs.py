@@ -5,7 +5,8 @@ Two layouts, one folder each, both with ``manifest.json`` (written last, when ev
 - ``shards``: WebDataset convention. ``shards/pairs-r{rank:02d}-{shard:05d}.tar`` (plain tar)
   holding ``{key}.image.png`` (RGB) and ``{key}.mask.png`` (grey, 0/255) per pair. A shard is
   written under a temporary name and renamed into place when complete, so a reader never sees
-  half a shard. ``webdataset.WebDataset(glob)`` reads these files as they are.
+  half a shard. Written with ``webdataset.TarWriter``; ``webdataset.WebDataset(glob)`` reads them as they are
+  (a test checks it), and ``open_pairs`` indexes them for random access.
 - ``png``: ``images/{key}.png`` and ``masks/{key}.png``.
 
 Keys are ``f"{i:08d}"`` with ``i`` the candidate index (batch index x batch size + position in
@@ -155,40 +156,12 @@ class UnitWriter:
         raise NotImplementedError
 
 
-_BLOCK = 512
-_RECORD_SIZE = 20 * _BLOCK  # tar archives end padded to whole records, as tarfile and GNU tar write them
-
-
-def ustar_header(name: str, size: int) -> bytes:
-    """The 512-byte USTAR header of a regular file with fixed metadata (mode 644, uid/gid 0, mtime 0).
-
-    Equal to ``tarfile.TarInfo.tobuf(tarfile.USTAR_FORMAT)`` for such a member (a test checks
-    it), at a tenth of the cost; fixed metadata makes equal pairs give byte-equal shards.
-    """
-    encoded = name.encode("ascii")
-    if len(encoded) > 100:
-        raise ValueError(f"tar member name too long: {name}")
-    header = bytearray(_BLOCK)
-    header[0 : len(encoded)] = encoded
-    header[100:108] = b"0000644\0"
-    header[108:116] = b"0000000\0"
-    header[116:124] = b"0000000\0"
-    header[124:136] = b"%011o\0" % size
-    header[136:148] = b"00000000000\0"
-    header[148:156] = b"        "  # checksum counted as spaces
-    header[156:157] = b"0"  # regular file
-    header[257:265] = b"ustar\x0000"
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
-
-
 class ShardWriter(UnitWriter):
     storage = "shards"
 
     def _reset(self):
         super()._reset()
-        self._handle = None
-        self._written = 0
+        self._handle = self._tar = None
 
     def _paths(self) -> tuple[Path, Path]:
         final = self.out_dir / "shards" / shard_name(self.rank, self.unit)
@@ -196,32 +169,29 @@ class ShardWriter(UnitWriter):
 
     def _store(self, key, image_png, mask_png):
         if self._handle is None:
+            import webdataset
+
             _, tmp = self._paths()
             tmp.parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(tmp, "wb")
-        for suffix, data in (("image.png", image_png), ("mask.png", mask_png)):
-            padding = -len(data) % _BLOCK
-            self._handle.write(ustar_header(f"{key}.{suffix}", len(data)))
-            self._handle.write(data)
-            if padding:
-                self._handle.write(bytes(padding))
-            self._written += _BLOCK + len(data) + padding
+            # Fixed metadata (mtime 0, no owner names, mode 644): equal pairs give byte-equal shards.
+            self._tar = webdataset.TarWriter(self._handle, user="", group="", mode=0o644, mtime=0.0, encoder=False)
+        self._tar.write({"__key__": key, "image.png": image_png, "mask.png": mask_png})
 
     def _commit_unit(self, record):
         final, tmp = self._paths()
-        end = 2 * _BLOCK
-        end += -(self._written + end) % _RECORD_SIZE
-        self._handle.write(bytes(end))
+        self._tar.close()  # the end-of-archive blocks; the file object stays ours
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
-        self._handle = None
+        self._handle = self._tar = None
         record["file"] = f"shards/{final.name}"
         _write_json_durable(record, unit_record_path(self.out_dir, self.rank, self.unit))  # before the rename
         os.replace(tmp, final)
 
     def abort(self):
         if self._handle is not None:
+            self._tar = None
             self._handle.close()
             _, tmp = self._paths()
             tmp.unlink(missing_ok=True)

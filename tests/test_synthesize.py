@@ -336,13 +336,19 @@ def test_open_pairs_refuses_broken_folders(procedural_generator, directions, tmp
         open_pairs(shards)
 
 
-def test_shard_headers_are_the_ones_tarfile_writes():
-    from saliency.pairs import ustar_header
+def test_webdataset_reads_the_shards_as_open_pairs_does(procedural_generator, directions, tmp_path):
+    import webdataset
 
-    for name, size in [("00000001.image.png", 500), ("12345678.mask.png", 0), ("x" * 100, 8**11 - 1)]:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
-        assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    out = tmp_path / "pairs"
+    synthesize(procedural_generator, directions, BACKGROUND, out, n=12, rule=INTENSITY, batch_size=8, shard_size=5, progress=False, sign=1)
+    ours = open_pairs(out)
+    shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    assert len(shards) == 3
+    samples = list(webdataset.WebDataset(shards, shardshuffle=False).decode("rgb8"))
+    assert [s["__key__"] for s in samples] == list(ours.keys)
+    for sample, (image, mask) in zip(samples, (ours[i] for i in range(len(ours)))):
+        assert np.array_equal(sample["image.png"], image)
+        assert np.array_equal(sample["mask.png"][..., 0] > 127, mask > 0)
 
 
 @pytest.mark.slow
