@@ -76,11 +76,15 @@ def _load_entry_points(registry: Registry) -> None:
 GENERATORS = Registry("generator", "--generator", loader=_load_entry_points)
 
 
-def register_generator(name: str, description: str = "", weights: WeightsSource | None = None, **defaults):
-    """Decorator registering ``builder(weights_path, **kwargs)`` under ``name``."""
+def register_generator(name: str, description: str = "", weights: WeightsSource | None = None, takes_weights: bool | None = None,
+                       **defaults):
+    """Decorator registering ``builder(weights_path, **kwargs)`` under ``name``.
+
+    ``takes_weights`` (default: whether a ``weights`` source is given) says whether ``--weights``
+    means anything to it; a generator that takes none refuses them instead of ignoring them."""
 
     def decorate(builder: Callable) -> Callable:
-        GENERATORS.add(name, GeneratorEntry(name, builder, description, weights, dict(defaults)))
+        GENERATORS.add(name, GeneratorEntry(name, builder, description, weights, dict(defaults), takes_weights=takes_weights))
         return builder
 
     return decorate

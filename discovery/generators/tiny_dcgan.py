@@ -33,7 +33,7 @@ class TinyDCGAN(LatentGenerator):
         return self.net(z[:, :, None, None])
 
 
-@register_generator("tiny-dcgan", description="Untrained DCGAN with seeded weights (tests, smoke runs)")
+@register_generator("tiny-dcgan", description="Untrained DCGAN with seeded weights (tests, smoke runs)", takes_weights=True)
 def build_tiny_dcgan(weights=None, dim_z: int = 32, resolution: int = 32, seed: int = 0, **_):
     generator = TinyDCGAN(dim_z=dim_z, resolution=resolution, seed=seed)
     if weights is not None:
