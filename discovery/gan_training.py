@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from discovery.errors import UserError
-from discovery.runtime import rng_state, set_rng_state
+from discovery.runtime import get_logger, rng_state, set_rng_state
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SNAPSHOT_NAME = "snapshot.pt"
@@ -224,7 +224,7 @@ def train_gan(
     from discovery.runtime import resolve_device, seed_everything
     from discovery.stats import StatsLogger
 
-    say = print if progress else (lambda *a, **k: None)
+    say = get_logger("train-gan").info if progress else (lambda *a, **k: None)
     out = Path(out_dir)
     ensure_fresh_output(out, resume, SNAPSHOT_NAME)
     if resume and not (out / SNAPSHOT_NAME).exists():

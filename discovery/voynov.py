@@ -33,6 +33,9 @@ from torch.nn import functional as F
 from discovery.deformators import DEFORMATOR_TYPES, Deformator, FixedDeformator, build_deformator
 from discovery.directions import Directions
 from discovery.errors import UserError
+from discovery.runtime import get_logger
+
+log = get_logger("voynov")
 from discovery.reconstructors import RECONSTRUCTOR_TYPES, build_reconstructor
 
 CHECKPOINT = "checkpoint.pt"
@@ -74,7 +77,7 @@ def _adam(parameters, lr: float) -> torch.optim.Adam:
 
 def _section(title: str, verbose: bool) -> None:
     if verbose:
-        print(f"{title}...", flush=True)
+        log.info(f"{title}...")
 
 
 class VoynovTrainer:
@@ -288,7 +291,7 @@ def _fit(trainer: VoynovTrainer, config: dict, out_dir: Path | None, *, resume: 
         window = state["window"].to(trainer.device)
         window_steps = int(state["window_steps"])
         if verbose:
-            print(f"continuing from step {trainer.step} of {steps}", flush=True)
+            log.info(f"continuing from step {trainer.step} of {steps}")
 
     logger = None
     if out_dir is not None:
@@ -468,21 +471,21 @@ def discover_voynov(
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     out = Path(out_dir) if out_dir is not None else None
     if progress:
-        print("Options: " + ", ".join(f"{k}={v}" for k, v in config.items()) + f", device={device}, amp={amp and device.type == 'cuda'}", flush=True)
+        log.info("Options: " + ", ".join(f"{k}={v}" for k, v in config.items()) + f", device={device}, amp={amp and device.type == 'cuda'}")
 
     _section("Construct networks", progress)
     deformer = build_deformator(deformator, K, int(generator.dim_z), random_init=deformator_random_init, generator=_init_generator(deformator, seed))
     trainer = _build_trainer(generator, deformer, config, device, amp)
     if progress:
         counts = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (deformer, trainer.reconstructor)]
-        print(f"deformator {deformer.kind} {K} x {generator.dim_z} ({counts[0]:,} trainable), "
-              f"reconstructor {type(trainer.reconstructor).__name__} ({counts[1]:,} trainable)", flush=True)  # fmt: skip
+        log.info(f"deformator {deformer.kind} {K} x {generator.dim_z} ({counts[0]:,} trainable), "
+              f"reconstructor {type(trainer.reconstructor).__name__} ({counts[1]:,} trainable)")  # fmt: skip
 
     training = _fit(trainer, config, out, resume=resume, verbose=progress, progress=progress, desc="voynov")
 
     held_out = training.pop("held_out")
     if progress:
-        print(f"RCA {held_out['rca']:.4f} over {held_out['samples']} held-out samples, mean |eps error| {held_out['shift_error']:.3f}", flush=True)
+        log.info(f"RCA {held_out['rca']:.4f} over {held_out['samples']} held-out samples, mean |eps error| {held_out['shift_error']:.3f}")
 
     baseline_rca = {}
     if baselines:
@@ -503,7 +506,7 @@ def discover_voynov(
                 resume=baseline_resume, checkpoint_every=checkpoint_every, log_every=log_every, progress=progress,
             )  # fmt: skip
             if progress:
-                print(f"RCA of {kind} directions: {baseline_rca[kind]:.4f}", flush=True)
+                log.info(f"RCA of {kind} directions: {baseline_rca[kind]:.4f}")
 
     _section("Export directions", progress)
     with torch.no_grad():
@@ -544,7 +547,7 @@ def discover_voynov(
         result.save(out / "directions.pt")
         write_json({**summary, "manifest": result.manifest}, out / "summary.json")
         if progress:
-            print(f"wrote {out / 'directions.pt'} and {out / 'summary.json'}", flush=True)
+            log.info(f"wrote {out / 'directions.pt'} and {out / 'summary.json'}")
     return result
 
 

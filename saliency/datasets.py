@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,7 +367,9 @@ def open_known(name: str, root: str | Path | None = None, split: str | None = No
             raise UserError(f"--split {split}: {name} has the splits {choices}")
     expected = manifest.get("split_counts", {}).get(split) if split in splits else manifest.get("count")
     if expected and len(samples) != expected:
-        print(f"warning: {name}: found {len(samples)} images under {root}, the official set has {expected}", file=sys.stderr)
+        from discovery.runtime import get_logger
+
+        get_logger("datasets").warning(f"{name}: found {len(samples)} images under {root}, the official set has {expected}")
     layout_info = {"images": str(image_dir.relative_to(root)), "masks": str(mask_dir.relative_to(root))}
     return SODDataset(name, root, samples, split=split, manifest=manifest, layout=layout_info)
 

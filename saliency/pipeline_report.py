@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from discovery.io import atomic_write_text
+from discovery.runtime import get_logger
 
 HEADLINE_METRICS = ("max_f_beta", "iou", "accuracy", "max_f", "mae", "s_measure", "max_e", "weighted_f")
 
@@ -43,9 +44,10 @@ def write_pipeline_report(out: Path, folders: dict[str, Path], evaluations: dict
         for metric in ("iou", "max_f_beta"):
             best_name, best = max(((n, m.get(metric, float("-inf"))) for n, m in rows.items() if n != "gan-segmenter"), key=lambda t: t[1])
             margins[metric] = {"gan": gan.get(metric), "best_baseline": best_name, "baseline": best, "margin": gan.get(metric, float("nan")) - best}
-    print("\n" + table + "\n")
+    log = get_logger("pipeline")
+    log.info("\n" + table + "\n")
     for metric, m in margins.items():
-        print(f"{metric}: GAN segmenter {m['gan']:.3f} vs best baseline {m['best_baseline']} {m['baseline']:.3f} (margin {m['margin']:+.3f})")
+        log.info(f"{metric}: GAN segmenter {m['gan']:.3f} vs best baseline {m['best_baseline']} {m['baseline']:.3f} (margin {m['margin']:+.3f})")
 
     ranking_path = folders["discover"] / "background_ranking.json"
     ranking = json.loads(ranking_path.read_text()) if ranking_path.exists() else []

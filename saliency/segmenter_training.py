@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from discovery.errors import UserError
-from discovery.runtime import check_resume, progress_bar, rng_state, set_rng_state
+from discovery.runtime import check_resume, get_logger, progress_bar, rng_state, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
 # Changing any of these changes what the network or the data stream is; a resume must keep them.
@@ -111,7 +111,8 @@ def train_segmenter(
         raise UserError(f"--batch-size {batch_size}: must be divisible by the number of processes ({world})")
     rank_batch = batch_size // world
     lead = rank == 0
-    say = print if lead else (lambda *a, **k: None)
+    log = get_logger("train-segmenter")
+    say = log.info if lead else (lambda *a, **k: None)
     use_amp = bool(amp) and device.type == "cuda"
 
     # ---- Load training data

@@ -65,7 +65,9 @@ def _load_entry_points(registry: Registry) -> None:
         try:
             target = point.load()
         except Exception as exc:  # a broken plugin must not take the whole command line down
-            print(f"warning: generator plugin {point.name!r} ({point.value}) failed to load: {type(exc).__name__}: {exc}", file=sys.stderr)
+            from discovery.runtime import get_logger
+
+            get_logger("generators").warning(f"generator plugin {point.name!r} ({point.value}) failed to load: {type(exc).__name__}: {exc}")
             continue
         if callable(target) and not inspect.ismodule(target) and point.name not in registry._entries:
             dist = getattr(point, "dist", None)
