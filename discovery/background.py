@@ -37,6 +37,7 @@ import torch
 
 from discovery.directions import Directions
 from discovery.errors import UserError
+from discovery.generators.base import device_for, generate, parameter_dtype, slice_condition
 
 AREA_RANGE = (0.05, 0.6)
 STRENGTH_SCALE = 0.15  # intensity contrast (gray in [0, 1]) at which strength saturates
@@ -205,24 +206,21 @@ def rank_background_directions(generator, directions: Directions, *, samples: in
     """
     from tqdm.auto import tqdm
 
-    from discovery.hessian import _generate, _generator_dtype, _resolve
 
     if directions.dim_z != generator.dim_z:
         raise UserError(f"the directions have dim_z {directions.dim_z} but the generator's latent size is {generator.dim_z}")
     if samples < 1:
         raise UserError(f"--samples {samples}: need at least one latent")
-    device = _resolve(device, generator)
+    device = device_for(device, generator)
     generator = generator.to(device)
-    dtype = _generator_dtype(generator)
+    dtype = parameter_dtype(generator)
     indices = list(range(directions.count)) if indices is None else [int(i) for i in indices]
     rng = torch.Generator().manual_seed(seed)
     latents = generator.sample_latent(samples, rng).to(device=device, dtype=dtype)
     conditions = generator.sample_condition(samples, rng)
-    from discovery.closed_form import _slice_condition
-
     batches = [(start, min(samples, start + batch_size)) for start in range(0, samples, batch_size)]
     with torch.no_grad():
-        originals = [_generate(generator, latents[a:b], _slice_condition(conditions, a, b)).float().cpu() for a, b in batches]
+        originals = [generate(generator, latents[a:b], slice_condition(conditions, a, b)).float().cpu() for a, b in batches]
         original = torch.cat(originals)
         ranking = []
         for index in tqdm(indices, desc="background", disable=not progress):
@@ -230,9 +228,9 @@ def rank_background_directions(generator, directions: Directions, *, samples: in
             d = directions.direction(index).to(device=device, dtype=dtype)
             plus, minus = [], []
             for a, b in batches:
-                condition = _slice_condition(conditions, a, b)
-                plus.append(_generate(generator, latents[a:b] + amount * d, condition).float().cpu())
-                minus.append(_generate(generator, latents[a:b] - amount * d, condition).float().cpu())
+                condition = slice_condition(conditions, a, b)
+                plus.append(generate(generator, latents[a:b] + amount * d, condition).float().cpu())
+                minus.append(generate(generator, latents[a:b] - amount * d, condition).float().cpu())
             result = score_direction(original, torch.cat(plus), torch.cat(minus))
             ranking.append({"index": index, "shift": amount, **result})
     ranking.sort(key=lambda r: (-r["score"], r["index"]))
@@ -288,8 +286,6 @@ def write_background_report(generator, directions: Directions, ranking: list[dic
     """``background_ranking.json`` (the ranked list) and ``background_candidates.png``: one row per
     candidate (the ``top`` best), per latent the original, dimmed (z + sign s d), brightened
     (z - sign s d) image and the object mask."""
-    from discovery.closed_form import _slice_condition
-    from discovery.hessian import _generate, _generator_dtype
     from discovery.images import make_grid, save_png, to_uint8
     from discovery.io import write_json
 
@@ -304,19 +300,19 @@ def write_background_report(generator, directions: Directions, ranking: list[dic
         "files": {"json": "background_ranking.json", "chart": "background_candidates.png"},
         "chart_layout": "one row per candidate, best first; per latent four tiles: original | z + sign*shift*d (background dimmed) | z - sign*shift*d | object mask",
     }
-    device, dtype = generator.device, _generator_dtype(generator)
+    device, dtype = generator.device, parameter_dtype(generator)
     rng = torch.Generator().manual_seed(seed)
     latents = generator.sample_latent(samples, rng).to(device=device, dtype=dtype)
-    condition = _slice_condition(generator.sample_condition(samples, rng), 0, samples)
+    condition = slice_condition(generator.sample_condition(samples, rng), 0, samples)
     tiles = []
     rgb = lambda x: x[:, :1].expand(-1, 3, -1, -1) if x.shape[1] != 3 else x  # noqa: E731
     with torch.no_grad():
-        original = _generate(generator, latents, condition).float().cpu()
+        original = generate(generator, latents, condition).float().cpu()
         for entry in ranking[:top]:
             d = directions.direction(entry["index"]).to(device=device, dtype=dtype)
             step = entry["sign"] * entry["shift"]
-            dimmed = _generate(generator, latents + step * d, condition).float().cpu()
-            bright = _generate(generator, latents - step * d, condition).float().cpu()
+            dimmed = generate(generator, latents + step * d, condition).float().cpu()
+            bright = generate(generator, latents - step * d, condition).float().cpu()
             mask = split_change(_gray01(dimmed) - _gray01(original))["masks"].float() * 2 - 1
             row = [rgb(original), rgb(dimmed), rgb(bright), mask[:, None].expand(-1, 3, -1, -1)]
             for i in range(samples):

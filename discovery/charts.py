@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from discovery.directions import Directions
 from discovery.errors import UserError
+from discovery.generators.base import slice_condition
 from discovery.images import make_grid, save_png, to_uint8
 
 MIN_TILE = 64  # smaller images are enlarged (nearest neighbour) so a chart stays readable
@@ -36,16 +37,6 @@ def _repeat_condition(condition, times: int):
     if isinstance(condition, dict):
         return {k: _repeat_condition(v, times) for k, v in condition.items()}
     raise TypeError(f"cannot repeat a condition of type {type(condition).__name__}")
-
-
-def _slice_condition(condition, start: int, stop: int):
-    if condition is None:
-        return None
-    if isinstance(condition, torch.Tensor):
-        return condition[start:stop]
-    if isinstance(condition, (list, tuple)):
-        return type(condition)(_slice_condition(c, start, stop) for c in condition)
-    return {k: _slice_condition(v, start, stop) for k, v in condition.items()}
 
 
 def _format_shift(value: float) -> str:
@@ -87,7 +78,7 @@ def direction_chart(
     z = z.reshape(rows * len(amounts), -1)
     condition = _repeat_condition(condition, len(amounts))
     images = [
-        generator(z[start : start + CHUNK], _slice_condition(condition, start, start + CHUNK)).float()
+        generator(z[start : start + CHUNK], slice_condition(condition, start, start + CHUNK)).float()
         for start in range(0, z.shape[0], CHUNK)
     ]
     tiles = to_uint8(torch.cat(images))

@@ -38,6 +38,7 @@ from torch import nn
 
 from discovery.directions import Directions, canonical_signs
 from discovery.errors import UserError
+from discovery.generators.base import device_for, generate, parameter_dtype, slice_condition
 
 _WEIGHTED = (nn.Linear, nn.ConvTranspose2d, nn.Conv2d, nn.ConvTranspose1d, nn.Conv1d)
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.PReLU, nn.Softplus, nn.Mish, nn.ReLU6, nn.CELU, nn.SELU)
@@ -57,15 +58,10 @@ class _Stop(Exception):
     pass
 
 
-def _generate(generator, z, condition):
-    return generator(z, condition) if condition is not None else generator(z)
-
-
 def _probe_latents(generator, n=2, seed=12345):
     rng = torch.Generator().manual_seed(seed)
     z = generator.sample_latent(n, rng)
-    dtype = next((t.dtype for t in list(generator.parameters()) + list(generator.buffers()) if t.is_floating_point()), torch.float32)
-    return z.to(generator.device, dtype), generator.sample_condition(n, rng)
+    return z.to(generator.device, parameter_dtype(generator)), generator.sample_condition(n, rng)
 
 
 def _weight_as_matrix(module: nn.Module, offset: int, dim: int, x: torch.Tensor) -> torch.Tensor | None:
@@ -122,7 +118,7 @@ def _trace_calls(generator, z, condition, stop_after=None):
             handles.append(module.register_forward_hook(make_hook(name)))
     try:
         with torch.no_grad():
-            _generate(generator, z, condition)
+            generate(generator, z, condition)
     except _Stop:
         pass
     finally:
@@ -270,7 +266,7 @@ def _default_ganspace_layer(generator) -> str:
 
 def _collect_features(generator, layer: str, latents: torch.Tensor, conditions, batch_size: int) -> torch.Tensor:
     def batch_condition(start, stop):
-        return _slice_condition(conditions, start, stop)
+        return slice_condition(conditions, start, stop)
 
     features = []
     n = latents.shape[0]
@@ -280,7 +276,7 @@ def _collect_features(generator, layer: str, latents: torch.Tensor, conditions, 
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
-                features.append(_generate(generator, latents[start:stop], batch_condition(start, stop)).reshape(stop - start, -1).float().cpu())
+                features.append(generate(generator, latents[start:stop], batch_condition(start, stop)).reshape(stop - start, -1).float().cpu())
         return torch.cat(features)
     modules = dict(generator.named_modules())
     if layer not in modules:
@@ -300,7 +296,7 @@ def _collect_features(generator, layer: str, latents: torch.Tensor, conditions, 
                 stop = min(n, start + batch_size)
                 captured.clear()
                 try:
-                    _generate(generator, latents[start:stop], batch_condition(start, stop))
+                    generate(generator, latents[start:stop], batch_condition(start, stop))
                 except _Stop:
                     pass
                 if "x" not in captured:
@@ -309,17 +305,6 @@ def _collect_features(generator, layer: str, latents: torch.Tensor, conditions, 
     finally:
         handle.remove()
     return torch.cat(features)
-
-
-def _slice_condition(conditions, start, stop):
-    """Rows start..stop of a condition: None, a tensor, or a list/tuple/dict of them."""
-    if isinstance(conditions, torch.Tensor):
-        return conditions[start:stop]
-    if isinstance(conditions, (list, tuple)):
-        return type(conditions)(_slice_condition(c, start, stop) for c in conditions)
-    if isinstance(conditions, dict):
-        return {k: _slice_condition(v, start, stop) for k, v in conditions.items()}
-    return conditions
 
 
 def principal_components(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -353,7 +338,6 @@ def discover_ganspace(generator, *, samples: int = 4096, layer: str | None = Non
     "variance", "regression_r2" (how linearly z explains each component), "shift_scales"
     (a shift that moves the component by 2 of its standard deviations), all of length K.
     """
-    from discovery.hessian import _generator_dtype, _resolve
     from discovery.io import run_manifest
 
     started = time.perf_counter()
@@ -362,11 +346,11 @@ def discover_ganspace(generator, *, samples: int = 4096, layer: str | None = Non
         raise UserError(f"--samples {samples}: GANSpace needs at least 2 latents")
     if top_k is not None and not 1 <= top_k <= dim:
         raise UserError(f"--top-k {top_k}: must be between 1 and the latent size {dim}")
-    device = _resolve(device, generator)
+    device = device_for(device, generator)
     generator = generator.to(device)
     layer = layer or _default_ganspace_layer(generator)
     rng = torch.Generator().manual_seed(seed)
-    latents = generator.sample_latent(samples, rng).to(device=device, dtype=_generator_dtype(generator))
+    latents = generator.sample_latent(samples, rng).to(device=device, dtype=parameter_dtype(generator))
     conditions = generator.sample_condition(samples, rng)
     features = _collect_features(generator, layer, latents, conditions, batch_size)
     k = min(top_k or dim, samples - 1, features.shape[1])

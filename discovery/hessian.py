@@ -20,19 +20,8 @@ How H is computed here:
 * ``hessian_backward_loop`` is the approach of the paper's official code (one double
   backward pass per basis vector), kept as the baseline of ``benchmarks/hessian_speed.py``.
 
-Distances (``distance=``): ``"mse"`` (mean squared pixel difference of the images in
-[-1, 1]), ``"feature"`` (mean squared difference of the outputs of a network the caller
-passes as ``feature_net``, or a TorchScript / pickled module file; it receives images in [-1, 1]), ``"lpips"`` (the LPIPS package,
-when installed and its backbone weights are on disk), or any callable ``D(reference, images)``
-returning a scalar.
-
-Spectrum report (``write_spectrum_report``): the eigenvalue decay plot (anisotropy) and the
-homogeneity of the metric across latents. Homogeneity follows the paper: for two latents
-z_i, z_j with eigenpairs (lambda_k, v_k) of H(z_i), the Pearson correlation between
-log lambda_k and log v_k^T H(z_j) v_k over the top eigenvectors (1 when H(z_j) stretches the
-eigenvectors of H(z_i) exactly as H(z_i) does). The report gives the matrix over the sampled
-latents and its mean off-diagonal, plus the overlap of the top eigenspaces
-(||V_i^T V_j||_F^2 / m, 1 for identical spaces, m / dim_z by chance).
+Distances: ``discovery.distances`` (pixel MSE, feature MSE, LPIPS, any callable). The
+spectrum report (eigenvalue decay, homogeneity across latents): ``discovery.spectrum``.
 """
 
 from __future__ import annotations
@@ -49,142 +38,26 @@ import torch
 from torch import nn
 
 from discovery.directions import Directions, canonical_signs
+from discovery.distances import (
+    _distance_modules,
+    _FeatureDistance,
+    _groups,
+    _mse,
+    load_feature_net,
+    make_distance,
+)
 from discovery.errors import UserError
+from discovery.generators.base import device_for, generate, parameter_dtype
+from discovery.spectrum import anisotropy_measures, homogeneity_measures, write_spectrum_report  # noqa: F401  (the report: API)
 
 EXACT_MAX_DIM = 256  # full Hessians up to this latent size; Lanczos above
 LANCZOS_DEFAULT_K = 40  # eigenpairs Lanczos computes when top_k is not given
 HOMOGENEITY_MAX_K = 20  # eigenpairs per latent for the homogeneity measure in Lanczos mode
 TARGET_FRACTION = 0.25  # shift_scale: a shift changes the image by this fraction of the distance between two samples
-DISTANCES = ("mse", "feature", "lpips")
-
-# File names torchvision gives the LPIPS backbones in its hub cache.
-_LPIPS_BACKBONES = {
-    "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# distances
-
-
-def make_distance(distance="mse", feature_net: nn.Module | None = None, *, lpips_net: str = "alex") -> Callable:
-    """``D(reference, images) -> scalar``: the image distance whose Hessian is the metric.
-
-    ``reference`` and ``images`` are (N, C, H, W) in [-1, 1]; D is averaged over the batch.
-    """
-    if callable(distance) and not isinstance(distance, str):
-        if feature_net is not None:
-            raise UserError("feature_net is only used with distance='feature'")
-        return distance
-    if distance == "features":  # the command line's spelling
-        distance = "feature"
-    if distance not in DISTANCES:
-        raise UserError(f"--distance {distance!r}: unknown distance (known: {', '.join(DISTANCES)})")
-    if feature_net is not None and distance != "feature":
-        raise UserError(f"a feature network was given with --distance {distance}; use --distance feature to use it")
-    if distance == "mse":
-        return _mse
-    if distance == "feature":
-        if isinstance(feature_net, (str, Path)):
-            feature_net = load_feature_net(feature_net)
-        if feature_net is None:
-            raise UserError("--distance feature needs a feature network (feature_net: an nn.Module mapping images in [-1, 1] to features)")
-        feature_net = feature_net.eval()
-        return _FeatureDistance(feature_net)
-    return _lpips_distance(lpips_net)
-
-
-def load_feature_net(path, trust: bool = False) -> nn.Module:
-    """A feature network from a file: TorchScript (``torch.jit.save``), which runs no Python code
-    when loaded; a pickled ``nn.Module`` only with ``trust=True``, since unpickling runs the file's code."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--feature-net {path}: file not found (expected a TorchScript module, torch.jit.save)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            net = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        if not trust:
-            raise UserError(f"--feature-net {path}: not a TorchScript module ({type(exc).__name__}); save it with "
-                            "torch.jit.save, or pass --trust-feature-net to unpickle a module you made yourself") from None
-        try:
-            net = torch.load(path, map_location="cpu", weights_only=False)  # the user asked for it: their own file
-        except Exception as exc2:
-            raise UserError(f"--feature-net {path}: not a readable TorchScript or pickled module ({type(exc2).__name__})") from None
-    if not isinstance(net, nn.Module):
-        raise UserError(f"--feature-net {path}: holds a {type(net).__name__}, not an nn.Module")
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-    return net.eval()
-
-
-def _mse(reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return (images - reference).pow(2).mean()
-
-
-class _FeatureDistance:
-    """Mean squared difference of ``net(images)`` (a tensor or a tuple/list/dict of tensors)."""
-
-    def __init__(self, net: nn.Module):
-        self.net = net
-
-    def __call__(self, reference, images):
-        return _feature_mse(self.net(reference), self.net(images))
-
-
-def _feature_mse(a, b) -> torch.Tensor:
-    return sum((x - y).pow(2).mean() for x, y in zip(_groups(a), _groups(b), strict=True))
-
-
-def lpips_weights_path(net: str = "alex") -> Path:
-    """Where torchvision (and so LPIPS) looks for the backbone weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / _LPIPS_BACKBONES[net]
-
-
-def _lpips_distance(net: str):
-    if net not in _LPIPS_BACKBONES:
-        raise UserError(f"LPIPS backbone {net!r}: unknown (known: {', '.join(_LPIPS_BACKBONES)})")
-    try:
-        import lpips
-    except ImportError:
-        raise UserError("--distance lpips needs the lpips package: pip install 'saliency[lpips]' (or use --distance mse / feature)") from None
-    path = lpips_weights_path(net)
-    if not path.is_file():
-        raise UserError(
-            f"--distance lpips: the {net} backbone weights are not on this machine; put {_LPIPS_BACKBONES[net]} "
-            f"(torchvision's ImageNet weights) at {path} (or set TORCH_HOME), or use --distance mse / feature"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False)
-    for module in model.modules():  # in-place ReLUs do not mix with torch.func transforms
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    return _LpipsDistance(model)
-
-
-class _LpipsDistance:
-    def __init__(self, model):
-        self.net = model  # named like _FeatureDistance so .to(device) finds it
-
-    def __call__(self, reference, images):
-        return self.net(reference, images, normalize=False).mean()
-
-
-def _distance_modules(distance_fn) -> list[nn.Module]:
-    net = getattr(distance_fn, "net", None)
-    return [net] if isinstance(net, nn.Module) else []
 
 
 # ----------------------------------------------------------------------------------------------
 # Hessian-vector products, full Hessians, Lanczos
-
-
-def _generate(generator, z: torch.Tensor, condition):
-    return generator(z, condition) if condition is not None else generator(z)
 
 
 def latent_distance(generator, z: torch.Tensor, condition=None, distance="mse", feature_net=None) -> Callable:
@@ -195,10 +68,10 @@ def latent_distance(generator, z: torch.Tensor, condition=None, distance="mse", 
     """
     distance_fn = distance if callable(distance) and not isinstance(distance, str) else make_distance(distance, feature_net)
     with torch.no_grad():
-        reference = _generate(generator, z[None], condition).detach()
+        reference = generate(generator, z[None], condition).detach()
 
     def f(z_prime: torch.Tensor) -> torch.Tensor:
-        return distance_fn(reference, _generate(generator, z_prime[None], condition))
+        return distance_fn(reference, generate(generator, z_prime[None], condition))
 
     return f
 
@@ -232,17 +105,6 @@ def exact_hessian(f: Callable, z: torch.Tensor, *, batch_size: int = 16) -> torc
     return (hessian + hessian.T) / 2
 
 
-def _groups(features) -> tuple:
-    """A feature network's output (a tensor or a tuple/list/dict of tensors) as a flat tuple of tensors."""
-    if isinstance(features, torch.Tensor):
-        return (features,)
-    if isinstance(features, dict):
-        return tuple(t for key in features for t in _groups(features[key]))
-    if isinstance(features, (list, tuple)):
-        return tuple(t for item in features for t in _groups(item))
-    raise UserError(f"the feature network returned {type(features).__name__}; expected a tensor or a tuple/list/dict of tensors")
-
-
 def jacobian_hessian(generator, z: torch.Tensor, condition, distance_fn, *, batch_size: int = 16) -> torch.Tensor | None:
     """H(z) = sum_g 2 J_g^T J_g / n_g from the Jacobian of the embedding, for squared distances.
 
@@ -262,7 +124,7 @@ def jacobian_hessian(generator, z: torch.Tensor, condition, distance_fn, *, batc
         return None
 
     def outputs(x):
-        return tuple(t.flatten() for t in _groups(embed(_generate(generator, x[None], condition))))
+        return tuple(t.flatten() for t in _groups(embed(generate(generator, x[None], condition))))
 
     def column(v):
         return jvp(outputs, (z,), (v,))[1]
@@ -338,80 +200,7 @@ def _single_hvp(f, z):
 
 
 # ----------------------------------------------------------------------------------------------
-# spectrum measures
-
-
-def _positive_log(values: np.ndarray, floor: float) -> np.ndarray:
-    return np.log(np.maximum(values, floor))
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def homogeneity_measures(eigenvalues: list[np.ndarray], eigenvectors: list[np.ndarray], cross_rayleigh: np.ndarray,
-                         dim_z: int, subspace_dim: int | None = None) -> dict:
-    """Homogeneity of the metric across latents.
-
-    ``eigenvalues[i]`` (k,) and ``eigenvectors[i]`` (k, d): top eigenpairs of H(z_i), largest
-    first; ``cross_rayleigh[i, j]`` (k,): v^T H(z_j) v for the eigenvectors v of H(z_i).
-    """
-    n = len(eigenvalues)
-    corr = np.eye(n)
-    overlap = np.eye(n)
-    if subspace_dim is None:  # a proper subspace: the top quarter of the latent space, at most 10 dims
-        subspace_dim = min(10, max(1, dim_z // 4))
-    m = min(subspace_dim, min(len(v) for v in eigenvalues))
-    top = max(float(max(v.max() for v in eigenvalues)), 1e-300)
-    floor = top * 1e-12
-    for i in range(n):
-        for j in range(n):
-            if i == j:
-                continue
-            corr[i, j] = _pearson(_positive_log(eigenvalues[i], floor), _positive_log(cross_rayleigh[i, j], floor))
-            vi, vj = eigenvectors[i][:m], eigenvectors[j][:m]
-            overlap[i, j] = float(np.square(vi @ vj.T).sum() / m) if m else float("nan")
-    off = ~np.eye(n, dtype=bool)
-    mean = lambda matrix: float(np.nanmean(matrix[off])) if n > 1 else float("nan")  # noqa: E731
-    return {
-        "measure": "Pearson correlation of log eigenvalues of H(z_i) with log v^T H(z_j) v over the top eigenvectors v of H(z_i) (Wang & Ponce 2021)",
-        "log_rayleigh_correlation": {"matrix": corr.tolist(), "mean_offdiagonal": mean(corr)},
-        "top_subspace_overlap": {"dimension": m, "matrix": overlap.tolist(), "mean_offdiagonal": mean(overlap),
-                                 "chance": m / dim_z if dim_z else float("nan")},
-        "homogeneity": mean(corr),
-    }
-
-
-def anisotropy_measures(eigenvalues: np.ndarray, complete: bool) -> dict:
-    """How unequal the spectrum is: a few directions carry most of the metric's trace."""
-    values = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0, None)
-    total = values.sum()
-    out = {"complete_spectrum": bool(complete), "top_eigenvalue": float(values[0]) if len(values) else float("nan")}
-    if total <= 0:
-        return out
-    cumulative = np.cumsum(values) / total
-    out.update(
-        {
-            "participation_ratio": float(total**2 / np.square(values).sum()),
-            "dims_for_90_percent": int(np.searchsorted(cumulative, 0.9) + 1),
-            "dims_for_99_percent": int(np.searchsorted(cumulative, 0.99) + 1),
-            "top_to_median_ratio": float(values[0] / max(np.median(values), values[0] * 1e-12)),
-        }
-    )
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # discovery
-
-
-def _generator_dtype(generator) -> torch.dtype:
-    for tensor in list(generator.parameters()) + list(generator.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
 
 
 def _condition_item(condition, i: int):
@@ -426,21 +215,13 @@ def _condition_item(condition, i: int):
     return condition
 
 
-def _resolve(device, generator):
-    if device is None:
-        return generator.device
-    from discovery.runtime import resolve_device
-
-    return resolve_device(device) if isinstance(device, str) else torch.device(device)
-
-
 def _typical_distance(generator, latents, conditions, distance_fn) -> float:
     """Mean distance between consecutive sampled images: the scale of a 'different image'."""
     n = latents.shape[0]
     if n < 2:
         return float("nan")
     with torch.no_grad():
-        images = torch.cat([_generate(generator, latents[i : i + 1], _condition_item(conditions, i)) for i in range(n)])
+        images = torch.cat([generate(generator, latents[i : i + 1], _condition_item(conditions, i)) for i in range(n)])
         values = [float(distance_fn(images[i : i + 1], images[i + 1 : i + 2])) for i in range(n - 1)]
     return float(np.mean(values))
 
@@ -471,7 +252,7 @@ def discover_hessian(generator, *, samples: int = 8, distance="mse", top_k: int 
     started = time.perf_counter()
     if samples < 1:
         raise UserError(f"--samples {samples}: need at least one latent")
-    device = _resolve(device, generator)
+    device = device_for(device, generator)
     generator = generator.to(device)
     dim = int(generator.dim_z)
     exact = dim <= EXACT_MAX_DIM if exact is None else bool(exact)
@@ -483,7 +264,7 @@ def discover_hessian(generator, *, samples: int = 8, distance="mse", top_k: int 
     distance_fn = make_distance(distance, feature_net, lpips_net=lpips_net)
     for module in _distance_modules(distance_fn):
         module.to(device)
-    dtype = _generator_dtype(generator)
+    dtype = parameter_dtype(generator)
 
     rng = torch.Generator().manual_seed(seed)
     latents = generator.sample_latent(samples, rng).to(device=device, dtype=dtype)
@@ -578,74 +359,6 @@ def discover_hessian(generator, *, samples: int = 8, distance="mse", top_k: int 
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# report
-
-
-def write_spectrum_report(directions: Directions, out_dir) -> dict:
-    """``spectrum.json`` and ``spectrum.png`` (eigenvalue decay, per-latent spectra, homogeneity)
-    in ``out_dir``; returns the JSON content."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from discovery.io import write_json
-
-    spectrum = directions.stats.get("spectrum")
-    if not spectrum:
-        raise UserError("these directions carry no Hessian spectrum (made by another method than 'hessian')")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    values = np.asarray(spectrum["eigenvalues"], dtype=np.float64)
-    homogeneity = spectrum.get("homogeneity")
-    report = {
-        "generator": directions.generator,
-        "mode": spectrum["mode"],
-        "distance": spectrum["distance"],
-        "samples": spectrum["samples"],
-        "dim_z": spectrum["dim_z"],
-        "eigenvalues": values.tolist(),
-        "anisotropy": spectrum.get("anisotropy", {}),
-        "homogeneity": homogeneity,
-        "shift_scale": directions.shift_scale,
-        "files": {"json": "spectrum.json", "plot": "spectrum.png"},
-    }
-
-    panels = 2 if homogeneity else 1
-    figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.0), squeeze=False)
-    axis = axes[0, 0]
-    floor = max(values.max(), 1e-300) * 1e-12 if len(values) else 1e-12
-    for sample in spectrum.get("sample_eigenvalues", []):
-        s = np.maximum(np.asarray(sample), floor)
-        axis.semilogy(np.arange(1, len(s) + 1), s, color="0.75", linewidth=0.8)
-    axis.semilogy(np.arange(1, len(values) + 1), np.maximum(values, floor), color="C0", linewidth=2, label="mean H")
-    axis.set_xlabel("eigenvalue rank")
-    axis.set_ylabel("eigenvalue")
-    aniso = spectrum.get("anisotropy", {})
-    title = "Hessian spectrum"
-    if "dims_for_99_percent" in aniso:
-        title += f" (99% of trace in {aniso['dims_for_99_percent']}/{spectrum['dim_z']} dims)"
-    axis.set_title(title, fontsize=9)
-    axis.legend(["per latent", "mean H"] if spectrum.get("sample_eigenvalues") else ["mean H"], fontsize=8)
-    if homogeneity:
-        matrix = np.asarray(homogeneity["log_rayleigh_correlation"]["matrix"])
-        image = axes[0, 1].imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
-        axes[0, 1].set_title(f"homogeneity: mean off-diag corr {homogeneity['homogeneity']:.3f}", fontsize=9)
-        axes[0, 1].set_xlabel("latent j")
-        axes[0, 1].set_ylabel("latent i")
-        figure.colorbar(image, ax=axes[0, 1], fraction=0.046)
-    figure.tight_layout()
-    from io import BytesIO
-
-    from discovery.io import atomic_write_bytes
-
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    atomic_write_bytes(buffer.getvalue(), out_dir / "spectrum.png")
-    write_json(report, out_dir / "spectrum.json")
-    return report
 
 
 from discovery.methods import MethodOption, register_method  # noqa: E402  (registration at the end of the module)

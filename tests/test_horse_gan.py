@@ -87,7 +87,7 @@ def test_horse64_rejects_a_foreign_file(tmp_path):
 
 
 def test_diffaugment_is_differentiable_and_shape_preserving():
-    from discovery.gan_training import augment_cutout, augment_translation, diff_augment, parse_diffaugment
+    from discovery.generators.horse_training import augment_cutout, augment_translation, diff_augment, parse_diffaugment
 
     torch.manual_seed(0)
     x = torch.rand(4, 3, 16, 16, requires_grad=True)
@@ -132,7 +132,7 @@ TINY = dict(resolution=32, width=8, dim_z=16, batch_size=4, log_every=2, checkpo
 
 
 def test_train_gan_writes_snapshot_logs_grids_and_a_loadable_generator(tmp_path):
-    from discovery.gan_training import train_gan
+    from discovery.generators.horse_training import train_gan
     from discovery.generators import create_generator
 
     images = tmp_path / "images"
@@ -155,7 +155,7 @@ def test_train_gan_writes_snapshot_logs_grids_and_a_loadable_generator(tmp_path)
 
 @pytest.mark.parametrize("recipe", [dict(d_norm="spectral", loss="hinge"), dict(d_norm="batch", loss="nonsaturating")])
 def test_resume_continues_bit_for_bit(tmp_path, recipe):
-    from discovery.gan_training import train_gan
+    from discovery.generators.horse_training import train_gan
 
     images = tmp_path / "images"
     _write_images(images)
@@ -180,7 +180,7 @@ def test_resume_continues_bit_for_bit(tmp_path, recipe):
 
 
 def test_resume_without_a_snapshot_is_a_user_error(tmp_path):
-    from discovery.gan_training import train_gan
+    from discovery.generators.horse_training import train_gan
 
     images = tmp_path / "images"
     _write_images(images, n=2)

@@ -134,7 +134,7 @@ def test_on_the_fly_trains_and_resumes(tmp_path):
 
 
 def test_split_by_key_is_deterministic_and_order_free():
-    from saliency.segmenter_training import split_by_key
+    from saliency.training_data import split_by_key
 
     keys = [f"{i:08d}" for i in range(200)]
     train, val = split_by_key(keys, 0.1, 1000)

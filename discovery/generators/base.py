@@ -86,11 +86,37 @@ class WrappedGenerator(LatentGenerator):
         return self.module(z.reshape(z.shape[0], *self.latent_shape))
 
 
-def _parameter_dtype(module: nn.Module) -> torch.dtype:
+def parameter_dtype(module: nn.Module) -> torch.dtype:
+    """The floating-point type of a module's weights (latents are cast to it)."""
     for tensor in list(module.parameters()) + list(module.buffers()):
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
+
+
+def generate(generator, z: torch.Tensor, condition=None) -> torch.Tensor:
+    """``G(z, condition)``, or ``G(z)`` for unconditional generators and plain modules."""
+    return generator(z, condition) if condition is not None else generator(z)
+
+
+def slice_condition(conditions, start: int, stop: int):
+    """Rows start..stop of a condition: None, a tensor, or a list/tuple/dict of them."""
+    if isinstance(conditions, torch.Tensor):
+        return conditions[start:stop]
+    if isinstance(conditions, (list, tuple)):
+        return type(conditions)(slice_condition(c, start, stop) for c in conditions)
+    if isinstance(conditions, dict):
+        return {k: slice_condition(v, start, stop) for k, v in conditions.items()}
+    return conditions
+
+
+def device_for(device, generator) -> torch.device:
+    """``device`` (a name or a torch.device), or the generator's own when None."""
+    if device is None:
+        return generator.device
+    from discovery.runtime import resolve_device
+
+    return resolve_device(device) if isinstance(device, str) else torch.device(device)
 
 
 def probe_generator(generator: LatentGenerator, resolution: int | None = None, *, check_range: bool = True) -> int:
@@ -102,7 +128,7 @@ def probe_generator(generator: LatentGenerator, resolution: int | None = None, *
     name = getattr(generator, "name", "custom")
     device = generator.device
     try:
-        z = generator.sample_latent(2, torch.Generator().manual_seed(0)).to(device=device, dtype=_parameter_dtype(generator))
+        z = generator.sample_latent(2, torch.Generator().manual_seed(0)).to(device=device, dtype=parameter_dtype(generator))
         with torch.no_grad():
             images = generator(z, generator.sample_condition(2, torch.Generator().manual_seed(0)))
     except Exception as exc:  # the user's module: any failure here is a wrong latent shape or a broken module

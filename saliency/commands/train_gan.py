@@ -42,7 +42,7 @@ def run(args):
     import torch
 
     from discovery.errors import UserError
-    from discovery.gan_training import train_gan
+    from discovery.generators.horse_training import train_gan
 
     if args.threads is not None:
         if args.threads < 1:
