@@ -8,6 +8,8 @@ command line and ``saliency pipeline`` only call these)::
     saliency.synthesize("runs/d/directions.pt", "runs/pairs", n=3000, rule_options={"smooth": 3})
     saliency.train_segmenter("runs/seg", data="runs/pairs", steps=600, image_size=64)
     saliency.evaluate("weizmann-horse", checkpoint="runs/seg/segmenter.pt", out="runs/eval")
+    saliency.predict("my_photos/", checkpoint="runs/seg/segmenter.pt", out="cutouts", types="rgba,mask")
+    saliency.load_segmenter("runs/seg/segmenter.pt").predict("photo.jpg")  # float map in [0, 1]
 """
 
 __version__ = "0.1.0"
@@ -18,6 +20,8 @@ _EXPORTS = {
     "train_segmenter": "saliency.segmenter_training",
     "evaluate": "saliency.evaluation",
     "load_segmenter": "saliency.segmenter",
+    "predict": "saliency.prediction",
+    "export_segmenter": "saliency.export",
     "run_pipeline": "saliency.pipeline",
 }
 

@@ -181,7 +181,7 @@ def _call_with_short_side(predict: Callable, short_side: int | None) -> Callable
         takes = "short_side" in inspect.signature(predict).parameters
     except (TypeError, ValueError):
         takes = False
-    if takes and short_side is not None:
+    if takes:  # None included: full size (a segmenter's own default would be its training size)
         return lambda image: predict(image, short_side=short_side)
     return predict
 
@@ -390,6 +390,8 @@ def evaluate(
     download: bool = True,            # fetch a missing known dataset from its official site when online
     progress: bool = True,            # progress bar
     device=None,                      # checkpoint: None / "auto": CUDA when present
+    refine: str = "none",             # checkpoint / baseline: refine each map with its photo (saliency.refine: bilateral, crf, components)
+    refine_options: dict | None = None,  # that method's options
 ) -> dict:
     """The evaluation stage: every metric of the protocol for one source of maps; returns the results."""
     from saliency.datasets import SODDataset, open_dataset
@@ -409,6 +411,11 @@ def evaluate(
         raise UserError("--resize-predictions applies to --predictions only (model and baseline maps are always resized to the mask)")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"--checkpoint {checkpoint}: file not found")
+    from saliency.refine import REFINERS, refined
+
+    REFINERS.get(refine)
+    if predictions is not None and refine != "none":
+        raise UserError("--refine applies to --checkpoint and --baseline (saved maps are scored as they are)")
     if not isinstance(dataset, SODDataset):
         dataset = open_dataset(dataset, root, split, download=download)
     if out is None:
@@ -421,7 +428,8 @@ def evaluate(
     elif baseline is not None:
         from saliency.baselines import get_baseline
 
-        results = evaluate_predictor(get_baseline(baseline), dataset, out, name=name or baseline, short_side=None,
+        results = evaluate_predictor(refined(get_baseline(baseline), refine, refine_options), dataset, out,
+                                     name=name or baseline + ("" if refine == "none" else f" + {refine}"), short_side=None,
                                      save_predictions=save_predictions, normalize=normalize,
                                      source={"kind": "baseline", "baseline": baseline}, **common)
     else:
@@ -429,9 +437,10 @@ def evaluate(
         from saliency.segmenter import load_segmenter
 
         segmenter = load_segmenter(checkpoint, resolve_device(device))
-        results = evaluate_predictor(segmenter.predict, dataset, out, name=name or f"segmenter ({Path(checkpoint).name})",
+        results = evaluate_predictor(refined(segmenter.predict, refine, refine_options), dataset, out,
+                                     name=name or f"segmenter ({Path(checkpoint).name})" + ("" if refine == "none" else f" + {refine}"),
                                      short_side=short_side or None, save_predictions=save_predictions, normalize=normalize,
-                                     source={"kind": "checkpoint", "path": str(checkpoint)}, **common)
+                                     source={"kind": "checkpoint", "path": str(checkpoint), "refine": refine}, **common)
     from discovery.runtime import get_logger
 
     m = results["metrics"]

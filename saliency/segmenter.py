@@ -188,8 +188,36 @@ def as_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def as_photo(image) -> np.ndarray:
+    """A path, a PIL image or an array as uint8 (H, W, 3): EXIF orientation applied to files and PIL
+    images, 16-bit and float arrays scaled (float arrays are taken to be in [0, 1])."""
+    from discovery.images import read_image, to_8bit
+
+    if isinstance(image, (str, Path)):
+        return read_image(image, "RGB", exif=True)
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        return as_rgb(np.asarray(to_8bit(ImageOps.exif_transpose(image)).convert("RGBA" if "A" in image.mode else "RGB")))
+    array = np.asarray(image)
+    if array.dtype == np.uint16:
+        array = np.round(array / 257.0).astype(np.uint8)
+    elif array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise UserError("the image holds NaN or infinite values")
+        array = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    return as_rgb(array)
+
+
 class Segmenter:
-    """A trained UNet ready for inference on images of any size."""
+    """A trained UNet ready for inference on images of any size.
+
+    ``predict(image)`` takes a path, a PIL image or an array and returns the saliency map in [0, 1]
+    at the image's own size; ``short_side="auto"`` predicts at the training resolution."""
 
     def __init__(self, model: nn.Module, config: dict, device: torch.device | str = "cpu", manifest: dict | None = None):
         self.device = torch.device(device)
@@ -200,13 +228,23 @@ class Segmenter:
         self.mean = tuple(self.config.get("mean", IMAGENET_MEAN))
         self.std = tuple(self.config.get("std", IMAGENET_STD))
 
-    def __call__(self, image, short_side: int | None = 128) -> np.ndarray:
+    def __call__(self, image, short_side="auto") -> np.ndarray:
         return self.predict(image, short_side=short_side)
 
+    @property
+    def training_size(self) -> int:
+        return int(self.config.get("image_size", 128))
+
+    def resolve_short_side(self, short_side) -> int | None:
+        """"auto" -> the training resolution; None or 0 -> full size; a number -> itself."""
+        if short_side == "auto":
+            return self.training_size
+        return int(short_side) if short_side else None
+
     def _prepare(self, image, short_side):
-        rgb = as_rgb(image)
+        rgb = as_photo(image)
         height, width = rgb.shape[:2]
-        x = torch.from_numpy(rgb)[None].to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(rgb) if rgb.flags.writeable else rgb.copy())[None].to(self.device)
         x = normalize(x, self.mean, self.std)
         if short_side:
             scale = float(short_side) / min(height, width)
@@ -236,17 +274,18 @@ class Segmenter:
         return prob[0, 0].clamp_(0, 1).cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
-    def predict(self, image, short_side: int | None = 128) -> np.ndarray:
-        """uint8 (H, W), (H, W, 3) or (H, W, 4) -> float32 (H, W) saliency in [0, 1].
+    def predict(self, image, short_side="auto") -> np.ndarray:
+        """A path, PIL image or array (H, W[, 1|3|4]) -> float32 (H, W) saliency in [0, 1].
 
-        The image is resized so its shorter side is ``short_side`` (None: as is), padded to a
-        multiple of 2**depth, segmented, cropped back and resized bilinearly to (H, W)."""
-        x, inner, outer = self._prepare(image, short_side)
-        return self._finish(self._forward(x), inner, outer)
+        The image is resized so its shorter side is ``short_side`` ("auto": the training size,
+        None: as is), padded to a multiple of 2**depth, segmented, cropped back and resized
+        bilinearly to (H, W). The same code as ``predict_batch``, so both give the same maps."""
+        return self.predict_batch([image], short_side=short_side, batch_size=1)[0]
 
     @torch.no_grad()
-    def predict_batch(self, images, short_side: int | None = 128, batch_size: int = 32) -> list[np.ndarray]:
+    def predict_batch(self, images, short_side="auto", batch_size: int = 32) -> list[np.ndarray]:
         """``predict`` for a list of images; same-shaped inputs share forward passes."""
+        short_side = self.resolve_short_side(short_side)
         prepared = [self._prepare(image, short_side) for image in images]
         results: list[np.ndarray | None] = [None] * len(prepared)
         groups: dict[tuple, list[int]] = {}

@@ -217,8 +217,8 @@ def test_every_command_is_registered():
     from saliency.commands import COMMANDS
 
     # A command module renamed or removed breaks this (and the import in saliency/commands/__init__.py).
-    assert COMMANDS.names() == ["generators", "discover", "directions", "synthesize", "train-segmenter", "evaluate", "train-gan",
-                                "pipeline", "demo"]
+    assert COMMANDS.names() == ["generators", "discover", "directions", "synthesize", "train-segmenter", "evaluate", "predict",
+                                "export", "train-gan", "pipeline", "demo"]
 
 
 # ----------------------------------------------------------------------------- files never run code

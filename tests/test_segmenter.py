@@ -176,8 +176,13 @@ def test_predict_any_size_grey_and_rgba(tiny_checkpoint):
     # RGBA is composited on black, grey is repeated: same input, same prediction
     opaque = np.dstack([np.repeat(grey[..., None], 3, 2), np.full(grey.shape, 255, np.uint8)])
     np.testing.assert_allclose(segmenter.predict(opaque), segmenter.predict(grey), atol=1e-6)
-    with pytest.raises(TypeError):
-        segmenter.predict(grey.astype(np.float32))
+    # Float images are taken in [0, 1], 16-bit ones scaled: the same photo in any dtype, the same map.
+    np.testing.assert_allclose(segmenter.predict(grey.astype(np.float32) / 255), segmenter.predict(grey), atol=1e-6)
+    np.testing.assert_allclose(segmenter.predict(grey.astype(np.uint16) * 257), segmenter.predict(grey), atol=1e-6)
+    from discovery.errors import UserError
+
+    with pytest.raises(UserError, match="NaN"):
+        segmenter.predict(np.full((8, 8), np.nan, np.float32))
 
 
 def test_prediction_runs_without_the_cudnn_autotuner_and_restores_it(tiny_checkpoint, monkeypatch):

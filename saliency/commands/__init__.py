@@ -13,6 +13,8 @@ from saliency.commands import (  # noqa: E402,F401  isort: skip
     synthesize,
     train_segmenter,
     evaluate,
+    predict,
+    export,
     train_gan,
     pipeline,
     demo,

@@ -35,6 +35,10 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=int, default=None, help="processes computing the metrics; unset: all cores (at most 8), one below 24 images")
     parser.add_argument("--no-download", action="store_true", help="never download a missing dataset; say where to put it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from saliency.refine import REFINERS
+
+    parser.add_argument("--refine", choices=REFINERS.names(), default="none",
+                        help="--checkpoint/--baseline: refine each map with its photo (default: none, the papers' protocol)")
 
 
 def run(args):
@@ -44,7 +48,7 @@ def run(args):
         args.dataset, args.out, checkpoint=args.checkpoint, predictions=args.predictions, baseline=args.baseline, root=args.root,
         split=args.split, name=args.name, short_side=args.short_side, save_predictions=args.save_predictions,
         resize_predictions=args.resize_predictions, normalize="minmax" if args.minmax_normalize else "none", workers=args.workers,
-        download=not args.no_download, progress=not args.no_progress, device=args.device,
+        download=not args.no_download, progress=not args.no_progress, device=args.device, refine=args.refine,
     )
 
 
