@@ -14,16 +14,20 @@ from typing import Any
 import torch
 
 
-def _atomic_replace(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+def _atomic_replace(path: Path, write, durable: bool = True) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file.
+
+    ``durable`` also flushes the file to the disk before the rename (power loss); a killed
+    process never leaves half a file either way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -35,8 +39,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _atomic_replace(Path(path), lambda handle: torch.save(obj, handle))
 
 
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    _atomic_replace(Path(path), lambda handle: handle.write(data))
+def atomic_write_bytes(data: bytes, path: str | Path, durable: bool = True) -> None:
+    _atomic_replace(Path(path), lambda handle: handle.write(data), durable)
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:

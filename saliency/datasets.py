@@ -353,19 +353,22 @@ def open_known(name: str, root: str | Path | None = None, split: str | None = No
     layout, image_dir, mask_dir = found
     samples = _pair(image_dir, mask_dir, (layout["image_ext"],), (layout["mask_ext"],), name)
     splits = manifest.get("splits") or {}
+    package_splits = manifest.get("package_splits") or {}  # split lists this package ships (data/manifests/)
     if split is None:
         split = manifest.get("default_split")
     if split is not None and split != "all":
-        if split in splits:
+        if split in package_splits:
+            samples = _apply_split(samples, manifests_dir() / package_splits[split], split)
+        elif split in splits:
             candidates = [root / splits[split], image_dir.parent / splits[split]]
             split_file = next((p for p in candidates if p.is_file()), None)
             if split_file is None:
                 raise UserError(f"{name}: split list {splits[split]} not found in {root}")
             samples = _apply_split(samples, split_file, split)
         elif splits or split != "test":
-            choices = ", ".join(sorted(splits) + ["all"]) if splits else "test (the whole set)"
+            choices = ", ".join(sorted(splits) + sorted(package_splits) + ["all"]) if splits else "test (the whole set)"
             raise UserError(f"--split {split}: {name} has the splits {choices}")
-    expected = manifest.get("split_counts", {}).get(split) if split in splits else manifest.get("count")
+    expected = manifest.get("split_counts", {}).get(split) if split in splits or split in package_splits else manifest.get("count")
     if expected and len(samples) != expected:
         from discovery.runtime import get_logger
 

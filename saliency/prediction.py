@@ -208,15 +208,18 @@ def predict(
         photo, _ = item
         begin = time.perf_counter()
         try:
-            return read_image(photo, "RGB", exif=True), time.perf_counter() - begin
+            rgb = read_image(photo, "RGB", exif=True)
+            return rgb, segmenter.prepare(rgb, side), time.perf_counter() - begin
         except UserError as exc:
-            return exc, 0.0
+            return exc, None, 0.0
 
-    def finish(photo, paths, rgb, prob, seconds):
+    def finish(photo, paths, rgb, logits, inner, outer, seconds):
         begin = time.perf_counter()
-        prob = REFINERS.get(refine)(prob, rgb, **(refine_options or {})) if refine != "none" else prob
+        prob = segmenter.finish(logits, inner, outer)
+        if refine != "none":
+            prob = REFINERS.get(refine)(prob, rgb, **(refine_options or {}))
         for kind, array in render_outputs(rgb, np.clip(prob, 0, 1), types, float(threshold), soft_alpha).items():
-            atomic_write_bytes(_encode_png(array), paths[kind])
+            atomic_write_bytes(_encode_png(array), paths[kind], durable=False)
         return {"input": str(photo), "outputs": {k: str(v) for k, v in paths.items()}, "size": [int(rgb.shape[1]), int(rgb.shape[0])],
                 "seconds": round(seconds + time.perf_counter() - begin, 4)}
 
@@ -225,34 +228,43 @@ def predict(
         log.warning(message if message.startswith(str(photo)) else f"{photo}: {message}")
         record["failures"].append({"input": str(photo), "error": message})
 
-    chunk = max(batch_size * 4, 16)
+    window = max(2 * batch_size, 2 * threads)  # photos decoded ahead, and outputs being written, at most
     with ThreadPoolExecutor(threads) as pool:
-        writes = []
-        pending = [pool.submit(decode, item) for item in todo[:chunk]]
-        for start in range(0, len(todo), chunk):
-            items = todo[start : start + chunk]
-            decoded = [future.result() for future in pending]
-            pending = [pool.submit(decode, item) for item in todo[start + chunk : start + 2 * chunk]]  # decode ahead
-            ready = []
-            for (photo, paths), (rgb, seconds) in zip(items, decoded):
-                if isinstance(rgb, UserError):
-                    report(photo, rgb)
-                    bar.update(1)
-                else:
-                    ready.append((photo, paths, rgb, seconds))
+        decoding = [(item, pool.submit(decode, item)) for item in todo[:window]]
+        upcoming = iter(todo[window:])
+        writing: list = []
+        buckets: dict[tuple, list] = {}  # input shape -> photos waiting for a full batch
+
+        def run_batch(members):
+            import torch
+
             begin = time.perf_counter()
-            probs = segmenter.predict_batch([entry[2] for entry in ready], short_side=side, batch_size=batch_size)
-            share = (time.perf_counter() - begin) / max(1, len(ready))
-            for (photo, paths, rgb, seconds), prob in zip(ready, probs):
-                writes.append((photo, pool.submit(finish, photo, paths, rgb, prob, seconds + share)))
-            done = [w for w in writes if w[1].done()]
-            for photo, future in done:
-                _collect(future, photo, record, report)
+            with torch.no_grad():
+                logits = segmenter.forward(torch.cat([m[3][0] for m in members]))
+            share = (time.perf_counter() - begin) / len(members)
+            for j, (photo, paths, rgb, (x, inner, outer), seconds) in enumerate(members):
+                writing.append((photo, pool.submit(finish, photo, paths, rgb, logits[j : j + 1], inner, outer, seconds + share)))
+            while len(writing) > window:
+                _collect(writing.pop(0), record, report, bar)
+
+        while decoding:
+            (photo, paths), future = decoding.pop(0)
+            following = next(upcoming, None)
+            if following is not None:
+                decoding.append((following, pool.submit(decode, following)))
+            rgb, prepared, seconds = future.result()
+            if isinstance(rgb, UserError):
+                report(photo, rgb)
                 bar.update(1)
-            writes = [w for w in writes if w not in done]
-        for photo, future in writes:
-            _collect(future, photo, record, report)
-            bar.update(1)
+                continue
+            bucket = buckets.setdefault(tuple(prepared[0].shape), [])
+            bucket.append((photo, paths, rgb, prepared, seconds))
+            if len(bucket) == batch_size:
+                run_batch(buckets.pop(tuple(prepared[0].shape)))
+        for members in buckets.values():
+            run_batch(members)
+        while writing:
+            _collect(writing.pop(0), record, report, bar)
     bar.close()
 
     elapsed = time.perf_counter() - started
@@ -287,7 +299,9 @@ def _by_folder(targets) -> dict:
     return folders
 
 
-def _collect(future, photo, record, report) -> None:
+def _collect(entry, record, report, bar) -> None:
+    photo, future = entry
+    bar.update(1)
     try:
         record["inputs"].append(future.result())
     except UserError as exc:

@@ -241,7 +241,8 @@ class Segmenter:
             return self.training_size
         return int(short_side) if short_side else None
 
-    def _prepare(self, image, short_side):
+    def prepare(self, image, short_side):
+        """(network input (1, 3, h, w) padded to 2**depth, (h, w) before padding, the image's (H, W))."""
         rgb = as_photo(image)
         height, width = rgb.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(rgb) if rgb.flags.writeable else rgb.copy())[None].to(self.device)
@@ -257,7 +258,8 @@ class Segmenter:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return x, (h, w), (height, width)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of prepared inputs."""
         # Photos come in many sizes: with cuDNN's autotuner on (training turns it on) every new
         # shape would be benchmarked first, seconds per image on a GPU. Off for inference.
         autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
@@ -267,7 +269,8 @@ class Segmenter:
             torch.backends.cudnn.benchmark = autotune
 
     @staticmethod
-    def _finish(logits: torch.Tensor, inner, outer) -> np.ndarray:
+    def finish(logits: torch.Tensor, inner, outer) -> np.ndarray:
+        """One image's logits (1, 1, h', w') -> its map in [0, 1] at (H, W)."""
         prob = torch.sigmoid(logits.float())[:, :, : inner[0], : inner[1]]
         if tuple(inner) != tuple(outer):
             prob = F.interpolate(prob, size=outer, mode="bilinear", align_corners=False)
@@ -286,7 +289,7 @@ class Segmenter:
     def predict_batch(self, images, short_side="auto", batch_size: int = 32) -> list[np.ndarray]:
         """``predict`` for a list of images; same-shaped inputs share forward passes."""
         short_side = self.resolve_short_side(short_side)
-        prepared = [self._prepare(image, short_side) for image in images]
+        prepared = [self.prepare(image, short_side) for image in images]
         results: list[np.ndarray | None] = [None] * len(prepared)
         groups: dict[tuple, list[int]] = {}
         for i, (x, _, _) in enumerate(prepared):
@@ -294,9 +297,9 @@ class Segmenter:
         for members in groups.values():
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
-                logits = self._forward(torch.cat([prepared[i][0] for i in chunk]))
+                logits = self.forward(torch.cat([prepared[i][0] for i in chunk]))
                 for j, i in enumerate(chunk):
-                    results[i] = self._finish(logits[j : j + 1], prepared[i][1], prepared[i][2])
+                    results[i] = self.finish(logits[j : j + 1], prepared[i][1], prepared[i][2])
         return results  # type: ignore[return-value]
 
 
