@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("discovery_speed", "generator_speed", "hessian_speed", "synthesis_speed", "eval_speed")
+SCRIPTS = ("discovery_speed", "generator_speed", "hessian_speed", "synthesis_speed", "eval_speed", "predict_speed", "refine_quality")
 
 
 def main(words: list[str]) -> int:
