@@ -6,6 +6,8 @@ import json
 import zipfile
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -76,10 +78,24 @@ def test_weizmann_horse_splits(tmp_path):
     assert D.open_dataset("weizmann-horse", root, split="train").stems == ["horse002", "horse004"]
     assert len(D.open_dataset("weizmann-horse", root, split="all")) == 4
     with pytest.raises(UserError, match="splits"):
+        D.open_dataset("weizmann-horse", root, split="validation")
+    with pytest.raises(UserError, match="names of split 'val' are not in the dataset"):  # the shipped list, on a toy copy
         D.open_dataset("weizmann-horse", root, split="val")
     (root / "test.txt").write_text("horse003\nhorse999\n")
     with pytest.raises(UserError, match="horse999"):
         D.open_dataset("weizmann-horse", root)
+
+
+HORSES = Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann-horse"
+
+
+def test_the_shipped_validation_split_is_carved_from_train():
+    val = D.open_dataset("weizmann-horse", HORSES, split="val").stems
+    unlabelled = D.open_dataset("weizmann-horse", HORSES, split="train-unlabelled").stems
+    train = D.open_dataset("weizmann-horse", HORSES, split="train").stems
+    test = D.open_dataset("weizmann-horse", HORSES, split="test").stems
+    assert len(val) == 30 and len(unlabelled) == 198 and sorted(val + unlabelled) == sorted(train)
+    assert not set(val) & set(test)
 
 
 def test_any_folder_with_image_and_mask_subfolders(tmp_path):
