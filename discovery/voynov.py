@@ -44,7 +44,7 @@ RCA_SEED = 20_200_216  # held-out samples for RCA: one fixed stream for every ru
 BASELINES = ("random", "identity")
 # Options that define the optimisation; a resumed run must agree on all of them.
 _RESUME_KEYS = (
-    "generator", "dim_z", "directions", "batch_size", "shift_scale", "min_shift", "deformator",
+    "generator", "weights", "dim_z", "directions", "batch_size", "shift_scale", "min_shift", "deformator",
     "deformator_random_init", "reconstructor", "reconstructor_resolution", "lr", "label_weight", "shift_weight", "seed",
 )  # fmt: skip
 
@@ -268,11 +268,9 @@ def _read_checkpoint(out_dir: Path, config: dict) -> dict:
     state = read_checkpoint(path, "a checkpoint of `saliency discover --method voynov`")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a Voynov checkpoint (format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-    saved = state.get("config", {})
-    differing = [k for k in _RESUME_KEYS if k in saved and saved[k] != config[k]]
-    if differing:
-        shown = ", ".join(f"{k}={config[k]!r} (checkpoint: {saved[k]!r})" for k in differing)
-        raise UserError(f"--resume {path}: options differ from the checkpoint's run: {shown}")
+    from discovery.runtime import check_resume
+
+    check_resume(state.get("config", {}), config, out_dir, keys=_RESUME_KEYS)
     return state
 
 
@@ -405,6 +403,7 @@ def _config(generator, directions, steps, batch_size, shift_scale, min_shift, de
             reconstructor_resolution, lr, label_weight, shift_weight, seed, rca_samples, checkpoint_every, log_every) -> dict:  # fmt: skip
     return {
         "generator": getattr(generator, "name", "custom"),
+        "weights": getattr(generator, "weights_path", None),
         "dim_z": int(generator.dim_z),
         "directions": int(directions),
         "steps": int(steps),

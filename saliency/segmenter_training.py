@@ -36,8 +36,8 @@ from saliency.training_data import (
 )
 
 CHECKPOINT = "checkpoint.pt"
-# Changing any of these changes what the network or the data stream is; a resume must keep them.
-_RESUME_FIXED = ("encoder", "encoder_depth", "decoder_channels", "image_size", "batch_size", "source", "augment", "crop_scale")
+# A resume keeps every setting but the run's length (another lr, seed or data would make another run).
+_RESUME_FREE = ("steps",)
 
 
 def train_segmenter(
@@ -399,5 +399,5 @@ def _read_training_checkpoint(path: Path, config: dict) -> dict:
     state = read_checkpoint(path, "a train-segmenter checkpoint.pt")
     if state.get("format") != "saliency.segmenter-training/1":
         raise UserError(f"{path}: not a train-segmenter checkpoint (format {state.get('format')!r})")
-    check_resume(state.get("config", {}), config, path.parent, keys=_RESUME_FIXED)
+    check_resume(state.get("config", {}), config, path.parent, keys=[key for key in config if key not in _RESUME_FREE])
     return state

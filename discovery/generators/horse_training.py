@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from discovery.errors import UserError
-from discovery.runtime import get_logger, rng_state, set_rng_state
+from discovery.runtime import check_resume, get_logger, rng_state, set_rng_state
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SNAPSHOT_NAME = "snapshot.pt"
@@ -281,10 +281,8 @@ def train_gan(
         state = read_gan_file(out / SNAPSHOT_NAME, expected=f"a {SNAPSHOT_FORMAT} training snapshot")
         if state.get("format") != SNAPSHOT_FORMAT:
             raise UserError(f"{out / SNAPSHOT_NAME}: not a {SNAPSHOT_FORMAT} training snapshot")
-        old = state.get("config", {})
-        for key in ("resolution", "dim_z", "width", "d_norm", "loss"):
-            if old.get(key, {"d_norm": "spectral", "loss": "hinge"}.get(key)) != config[key]:
-                raise UserError(f"--resume: the snapshot was made with {key}={old.get(key)}, this run asks for {config[key]}")
+        # Everything but the length of the run must match (a resumed run with another lr or batch would be another run).
+        check_resume(state.get("config", {}), config, out, keys=[key for key in config if key != "steps"])
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])

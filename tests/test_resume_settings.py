@@ -1,0 +1,63 @@
+"""A resumed job with other settings is refused, every difference named in one line (exit 2)."""
+
+import torch
+
+from saliency.cli import main
+
+TINY_UNET = ["--encoder", "tu-resnet10t", "--encoder-depth", "3", "--decoder-channels", "32,16,8", "--image-size", "32"]
+
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def _pairs(tmp_path, capsys):
+    from discovery.directions import Directions
+    from discovery.generators import create_generator
+
+    G = create_generator("procedural")
+    Directions(torch.stack(list(G.factor_directions.values())), "procedural", "truth", shift_scale=3.0).save(tmp_path / "d.pt")
+    code, err = _cli(capsys, "synthesize", "--directions", tmp_path / "d.pt", "--index", "3", "--sign", "1", "--rule", "intensity",
+                     "--threshold", "0.85", "--n", "12", "--out", tmp_path / "pairs", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    return tmp_path / "pairs"
+
+
+def test_train_segmenter_resume_with_another_lr_or_seed_is_refused(tmp_path, capsys):
+    pairs = _pairs(tmp_path, capsys)
+    run = ["train-segmenter", "--data", pairs, "--out", tmp_path / "seg", *TINY_UNET, "--batch-size", "4", "--val-fraction", "0.2",
+           "--val-pairs", "2", "--workers", "0", "--checkpoint-every", "1", "--device", "cpu", "--no-progress"]
+    assert _cli(capsys, *run, "--steps", "1")[0] == 0
+    code, err = _cli(capsys, *run, "--steps", "2", "--resume", "--lr", "0.01", "--seed", "3")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "lr: 0.001 then, 0.01 now" in err and "seed: 0 then, 3 now" in err
+    assert _cli(capsys, *run, "--steps", "2", "--resume")[0] == 0  # a longer run with the same settings continues
+
+
+def test_train_gan_resume_with_another_learning_rate_or_batch_is_refused(tmp_path, capsys):
+    from pathlib import Path
+
+    horses = Path(__file__).resolve().parents[2] / "shared" / "data" / "weizmann-horse" / "images"
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("horse001.jpg", "horse002.jpg", "horse003.jpg", "horse004.jpg"):
+        (images / name).write_bytes((horses / name).read_bytes())
+    run = ["train-gan", "--images", images, "--out", tmp_path / "gan", "--width", "4", "--checkpoint-every", "1",
+           "--sample-every", "100", "--device", "cpu", "--no-progress"]
+    assert _cli(capsys, *run, "--batch-size", "2", "--steps", "1")[0] == 0
+    code, err = _cli(capsys, *run, "--batch-size", "4", "--steps", "2", "--resume", "--lr-g", "0.001")
+    assert code == 2 and "batch_size: 2 then, 4 now" in err and "lr_g: 0.0002 then, 0.001 now" in err
+
+
+def test_discover_resume_with_other_weights_is_refused(tmp_path, capsys):
+    from discovery.generators import create_generator
+
+    run = ["discover", "--generator", "tiny-dcgan", "--out", tmp_path / "v", "--batch-size", "4", "--rca-samples", "8", "--charts", "0",
+           "--checkpoint-every", "1", "--no-background-ranking", "--device", "cpu", "--no-progress"]
+    for seed in (0, 1):
+        torch.save(create_generator("tiny-dcgan", seed=seed).state_dict(), tmp_path / f"w{seed}.pt")
+    assert _cli(capsys, *run, "--weights", tmp_path / "w0.pt", "--steps", "1")[0] == 0
+    (tmp_path / "v" / "summary.json").unlink()
+    code, err = _cli(capsys, *run, "--weights", tmp_path / "w1.pt", "--steps", "2", "--resume")
+    assert code == 2 and "weights:" in err and "w0.pt" in err and "w1.pt" in err
