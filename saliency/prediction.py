@@ -4,7 +4,8 @@ For each input photo, ``DIR/<relative folder>/<stem>_<type>.png`` for each reque
 
 ``map``      the soft saliency map, 8-bit grey (0..255 for 0..1);
 ``mask``     the binary mask at ``threshold`` (0 / 255);
-``rgba``     the photo with the mask (or, with ``soft_alpha``, the soft map) as its alpha channel;
+``rgba``     the photo with the mask (or, with ``soft_alpha``, the soft map) as its alpha channel
+             (fully transparent pixels are black, as in rembg's cut-outs);
 ``overlay``  the photo with the object tinted and outlined, to judge a result at a glance.
 
 Every output has the photo's own size and orientation (EXIF applied). A photo that cannot be read
@@ -100,7 +101,9 @@ def render_outputs(rgb: np.ndarray, prob: np.ndarray, types, threshold: float, s
         elif kind == "mask":
             arrays[kind] = binary
         elif kind == "rgba":
-            arrays[kind] = np.dstack([rgb, soft if soft_alpha else binary])
+            alpha = soft if soft_alpha else binary
+            # Fully transparent pixels carry no colour (as rembg's cut-outs): smaller files, encoded twice as fast.
+            arrays[kind] = np.dstack([np.where(alpha[..., None] > 0, rgb, 0).astype(np.uint8), alpha])
         else:
             arrays[kind] = overlay_image(rgb, mask)
     return arrays
