@@ -10,7 +10,7 @@ from discovery.generators import create_generator, list_generators, register_gen
 from discovery.directions import Directions, load_directions
 
 # Built-in discovery methods (each module registers its method on import).
-from discovery import voynov, hessian, closed_form  # noqa: E402,F401  isort: skip
+from discovery import voynov, hessian, closed_form, optimized_direction  # noqa: E402,F401  isort: skip
 from discovery.methods import METHODS, register_method  # noqa: E402
 from discovery.run_discovery import discover  # noqa: E402
 

@@ -107,7 +107,12 @@ def discover(
 
         log.info("Rank directions by background removal...")
         ranking = rank_background_directions(G, directions, seed=seed, progress=progress)
-        record_ranking(directions, ranking)
+        if directions.background is None:
+            record_ranking(directions, ranking)
+        else:  # the method decided (e.g. an optimised direction): keep its choice, store the scores beside it
+            from discovery.background import background_stats
+
+            directions.stats.update(background_stats(ranking, directions.count))
         if out is not None:
             write_background_report(G, directions, ranking, out)
         summary["background_direction"] = directions.background["index"]

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "synthesize": "saliency.synthesis",
     "train_segmenter": "saliency.segmenter_training",
+    "self_train": "saliency.self_training",
     "evaluate": "saliency.evaluation",
     "load_segmenter": "saliency.segmenter",
     "predict": "saliency.prediction",

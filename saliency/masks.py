@@ -200,6 +200,7 @@ class MaskRule:
     default_shift = 1.0
     needs_host = False  # whether ``refine`` does work (connected components) on the host
     brightens_background = False  # True: the rule wants the shift that whitens the background
+    uses_partner = False  # True: compares the image shifted along the direction with one shifted along its partner
 
     shift: float | None = option(None, "latent shift along the direction (default: the rule's paper value x shift_scale / 6)")
     max_border: float | None = option(None, "not in the papers: reject masks covering more than this fraction of the image border (default: off)")
@@ -337,6 +338,18 @@ class LightingMaskRule(MaskRule):
         area_reason = int(area_reasons(np.array([mask.mean()]), self.min_area, self.max_area)[0])
         # The area filter runs before the histogram filter (official order), so its verdict wins.
         return mask, area_reason if area_reason != KEPT else reason
+
+
+@register_mask_rule
+@dataclass(frozen=True)
+class TwoDirectionMaskRule(LightingMaskRule):
+    """Melas-Kyriazi et al. 2022: foreground where G(z + r v_l) is brighter than G(z + r v_d)."""
+
+    # The synthesizer passes G(z + r v_d) (the partner direction's image) where the lighting rule
+    # gets G(z); the comparison and the filters (components, area, bimodality of G(z + r v_l)) are
+    # the lighting rule's.
+    name = "two-direction"
+    uses_partner = True
 
 
 def rule_options(name: str) -> dict[str, dataclasses.Field]:

@@ -78,6 +78,7 @@ def train_segmenter(
     workers: int = 4,                         # data-loader processes for a pairs folder (0: in the main process)
     progress: bool = True,                    # progress bar
     ctx=None,                                 # the launcher's rank context (None: torchrun's environment)
+    init_checkpoint=None,                     # start from this segmenter.pt's weights (fine-tuning; same architecture)
 ) -> dict:
     """The training stage: a UNet on synthetic pairs (a pairs folder, or drawn on the fly); returns the summary."""
     from discovery.io import ensure_fresh_output
@@ -157,11 +158,20 @@ def train_segmenter(
         source="folder" if data is not None else "on-the-fly", data=str(data) if isinstance(data, (str, Path)) else source,
         steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_decay_every=lr_decay_every, dice_weight=dice_weight,
         augment=bool(augment), crop_scale=list(crop_scale), val_fraction=val_fraction, val_pairs=val_pairs, seed=seed,
-        amp=bool(amp), world_size=world,
+        amp=bool(amp), world_size=world, init_checkpoint=str(init_checkpoint) if init_checkpoint is not None else None,
     )
     say(f"  UNet {encoder} (depth {encoder_depth}, {'random init' if encoder_weights is None else encoder_weights}), "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, on {device}"
         f"{f' x {world} processes' if world > 1 else ''}{', AMP ' + str(amp_dtype).split('.')[-1] if use_amp else ''}")
+
+    if init_checkpoint is not None:
+        from discovery.checkpoints import load_state_dict_strict, read_checkpoint
+
+        start_from = read_checkpoint(init_checkpoint, "a segmenter.pt to start from")
+        if not isinstance(start_from.get("model"), dict):
+            raise UserError(f"--init-checkpoint {init_checkpoint}: not a segmenter.pt (no 'model' entry)")
+        load_state_dict_strict(model, start_from["model"], expected=f"the UNet of this run (encoder {encoder}, depth {encoder_depth})")
+        say(f"  starting from the weights of {init_checkpoint}")
 
     # ---- Resume
     start_step = 0

@@ -75,7 +75,71 @@ def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
+# ----------------------------------------------------------------------------- latents from a file
+class LatentBank:
+    """Latents taken from a file (E-BigBiGAN: encoder embeddings of the target domain's photos) plus noise.
+
+    ``draw(n, stream, batch_index)``: rows sampled with replacement from ``stream`` ("sample") or
+    taken in order, batch after batch ("cycle"), plus ``noise`` * N(0, I) from the same stream, so a
+    batch's latents stay a function of (seed, batch index)."""
+
+    ORDERS = ("sample", "cycle")
+
+    def __init__(self, matrix: torch.Tensor, noise: float = 0.2, order: str = "sample", source: str = "(in memory)"):
+        if order not in self.ORDERS:
+            raise UserError(f"--latent-order {order!r}: expected one of {', '.join(self.ORDERS)}")
+        if not noise >= 0:
+            raise UserError(f"--latent-noise {noise}: must not be negative")
+        self.matrix, self.noise, self.order, self.source = matrix.float(), float(noise), order, source
+
+    @classmethod
+    def load(cls, path, dim_z: int, noise: float = 0.2, order: str = "sample") -> "LatentBank":
+        from discovery.checkpoints import read_torch_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"--latents {path}: file not found (expected an (N, dim_z) .npy or .pt matrix)")
+        if path.suffix.lower() == ".npy":
+            try:
+                data = torch.from_numpy(np.load(path, allow_pickle=False))
+            except (ValueError, OSError, EOFError) as exc:
+                raise UserError(f"--latents {path}: not a readable NumPy array ({str(exc).splitlines()[0][:120]})") from None
+        else:
+            data = read_torch_file(path, "latents: an (N, dim_z) tensor")
+            if isinstance(data, dict) and len(data) == 1:
+                data = next(iter(data.values()))
+        if not isinstance(data, torch.Tensor) or not data.is_floating_point() or data.ndim != 2 or len(data) < 1:
+            shape = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+            raise UserError(f"--latents {path}: holds {shape}, expected a floating-point (N, dim_z) matrix")
+        if data.shape[1] != dim_z:
+            raise UserError(f"--latents {path}: latents of width {data.shape[1]}, but the generator's dim_z is {dim_z}")
+        if not torch.isfinite(data).all():
+            raise UserError(f"--latents {path}: holds NaN or infinite values")
+        return cls(data, noise, order, str(path.resolve()))
+
+    def draw(self, n: int, stream: torch.Generator, batch_index: int | None = None) -> torch.Tensor:
+        count = len(self.matrix)
+        if self.order == "cycle" and batch_index is not None:
+            rows = (batch_index * n + torch.arange(n)) % count
+        else:
+            rows = torch.randint(count, (n,), generator=stream)
+        z = self.matrix[rows]
+        return z + self.noise * torch.randn(z.shape, generator=stream) if self.noise else z
+
+    def describe(self) -> dict:
+        digest = hashlib.sha256(self.matrix.contiguous().numpy().astype("<f4").tobytes()).hexdigest()[:16]
+        return {"path": self.source, "count": len(self.matrix), "noise": self.noise, "order": self.order, "sha256": digest}
+
+
 # ----------------------------------------------------------------------------- one batch
+def partner_of(directions, index: int) -> int | None:
+    """The partner of direction ``index`` recorded in the file (an optimised v_l's v_d), if any."""
+    recorded = directions.background or {}
+    if recorded.get("index") == index and isinstance(recorded.get("partner"), int):
+        return int(recorded["partner"])
+    return None
+
+
 class PairSynthesizer:
     """Candidate pairs from ``generator`` shifted along direction ``index`` of ``directions``.
 
@@ -85,7 +149,8 @@ class PairSynthesizer:
     on the fly use ``images[keep], masks[keep]``.
     """
 
-    def __init__(self, generator, directions, index: int, rule: MaskRule, device=None, sign: float = 1.0):
+    def __init__(self, generator, directions, index: int, rule: MaskRule, device=None, sign: float = 1.0,
+                 latent_bank: LatentBank | None = None):
         if directions.dim_z != generator.dim_z:
             raise UserError(
                 f"directions have dim_z {directions.dim_z} but generator {getattr(generator, 'name', '?')!r} has dim_z {generator.dim_z}"
@@ -100,43 +165,65 @@ class PairSynthesizer:
         self.rule = rule.for_directions(directions, self.index)
         self.direction = directions.direction(self.index).to(self.device)
         self.shift = self.sign * float(self.rule.shift)
+        self.partner = partner_of(directions, self.index) if getattr(rule, "uses_partner", False) else None
+        if getattr(rule, "uses_partner", False) and self.partner is None:
+            raise UserError(f"the {rule.name} rule needs a partner direction for direction {self.index}: the directions file records "
+                            "none (`saliency discover --method melas-kyriazi` writes one)")
+        self.partner_direction = directions.direction(self.partner).to(self.device) if self.partner is not None else None
+        self.latent_bank = latent_bank
 
     @property
     def resolution(self) -> int:
         return int(self.generator.resolution)
 
-    def latents(self, batch_size: int, torch_generator: torch.Generator | None = None):
+    def latents(self, batch_size: int, torch_generator: torch.Generator | None = None, batch_index: int | None = None):
+        if self.latent_bank is not None:
+            z = self.latent_bank.draw(batch_size, torch_generator if torch_generator is not None else torch.Generator(), batch_index)
+            return z.to(self.device), self.generator.sample_condition(batch_size, torch_generator)
         z = self.generator.sample_latent(batch_size, torch_generator).to(self.device)
         return z, self.generator.sample_condition(batch_size, torch_generator)
 
+    def batch_latents(self, seed: int, batch_index: int, batch_size: int):
+        """The latents of batch ``batch_index`` of a run with ``seed`` (a function of both alone)."""
+        return self.latents(batch_size, batch_generator(seed, batch_index), batch_index)
+
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, condition=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(G(z), G(z + shift * d))`` in [-1, 1], from one generator call where the condition allows."""
+    def generate(self, z: torch.Tensor, condition=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(G(z), reference, G(z + shift * d))`` in [-1, 1], from one generator call where the condition allows.
+
+        The reference the rule compares with is G(z), or for a two-direction rule G(z + shift * partner)."""
         z = z.to(self.device)
-        shifted = z + self.shift * self.direction.to(z.dtype)
+        latents = [z, z + self.shift * self.direction.to(z.dtype)]
+        if self.partner_direction is not None:
+            latents.append(z + self.shift * self.partner_direction.to(z.dtype))
         if condition is None or isinstance(condition, torch.Tensor):
-            both_condition = None if condition is None else torch.cat([condition, condition])
-            images = self.generator(torch.cat([z, shifted]), both_condition)
-            return images[: len(z)], images[len(z) :]
-        return self.generator(z, condition), self.generator(shifted, condition)
+            repeated = None if condition is None else torch.cat([condition] * len(latents))
+            images = self.generator(torch.cat(latents), repeated).split(len(z))
+        else:
+            images = [self.generator(latent, condition) for latent in latents]
+        original, shifted = images[0], images[1]
+        return original, (images[2] if len(images) > 2 else original), shifted
 
     @torch.no_grad()
     def propose(self, z, condition=None):
         """Device half: (images uint8 (N, H, W, 3), masks bool, reasons int8), all still on the device."""
-        original, shifted = self.generate(z, condition)
-        masks, reasons = self.rule.propose(original, shifted)
+        original, reference, shifted = self.generate(z, condition)
+        masks, reasons = self.rule.propose(reference, shifted)
         return images_to_uint8(original), masks, reasons
 
     @torch.no_grad()
     def sample(self, batch_size: int, torch_generator: torch.Generator | None = None):
         z, condition = self.latents(batch_size, torch_generator)
-        original, shifted = self.generate(z, condition)
-        result = self.rule.evaluate(original, shifted)
+        original, reference, shifted = self.generate(z, condition)
+        result = self.rule.evaluate(reference, shifted)
         return images_to_uint8(original), result.masks, result.keep
 
     def sample_batch(self, seed: int, batch_index: int, batch_size: int):
         """``sample`` on the latents of batch ``batch_index`` of a ``synthesize`` run with ``seed``."""
-        return self.sample(batch_size, batch_generator(seed, batch_index))
+        z, condition = self.batch_latents(seed, batch_index, batch_size)
+        original, reference, shifted = self.generate(z, condition)
+        result = self.rule.evaluate(reference, shifted)
+        return images_to_uint8(original), result.masks, result.keep
 
 
 # ----------------------------------------------------------------------------- ranks
@@ -160,9 +247,12 @@ def _settings(synthesizer: PairSynthesizer, *, n, batch_size, storage, shard_siz
             "count": synthesizer.directions.count,
             "index": synthesizer.index,
             "sha256_row": _direction_digest(synthesizer.directions, synthesizer.index),
+            "partner": synthesizer.partner,
+            "sha256_partner_row": _direction_digest(synthesizer.directions, synthesizer.partner) if synthesizer.partner is not None else None,
         },
         "sign": synthesizer.sign,
         "shift": synthesizer.shift,
+        "latents": synthesizer.latent_bank.describe() if synthesizer.latent_bank is not None else None,
         "rule": synthesizer.rule.config(),
         "seed": seed,
         "pairs": n,
@@ -309,7 +399,7 @@ def _run_rank(synthesizer, unit_writer, *, ctx, quota, done, start_step, skip, b
                     writer.progress.clear()
                 continue
             batch_index = ctx.rank + step * ctx.world_size
-            z, condition = batch_latents(synthesizer.generator, seed, batch_index, batch_size)
+            z, condition = synthesizer.batch_latents(seed, batch_index, batch_size)
             device_tensors = synthesizer.propose(z, condition)
             host, event = _to_host(device_tensors, synthesizer.device)
             if pending is not None:
@@ -378,6 +468,7 @@ def _merge_manifest(out_dir: Path, settings: dict, extra: dict, preview: int) ->
         "sign": settings["sign"],
         "shift": settings["shift"],
         "rule": settings["rule"],
+        "latents": settings.get("latents"),
         "seed": settings["seed"],
         "batch_size": settings["batch_size"],
         "shard_size": settings["shard_size"],
@@ -425,6 +516,7 @@ def write_pairs(
     world_size: int | None = None,    # override torchrun's WORLD_SIZE
     on_batch=None,                    # callback(batch_index) after each batch is launched (tests, progress hooks)
     ctx: RankContext | None = None,   # the launcher's rank context (None: from rank/world_size or torchrun's environment)
+    latent_bank: LatentBank | None = None,  # latents from a file instead of N(0, I)
 ) -> dict:
     """Write ``n`` image/mask pairs to ``out_dir`` from resolved objects; returns the manifest (or this rank's summary)."""
     # Check the request.
@@ -442,7 +534,7 @@ def write_pairs(
     if device is None:
         device = generator.device
     device = pin_cuda_device(torch.device(device), ctx.local_rank if ctx.distributed else None)
-    synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign)
+    synthesizer = PairSynthesizer(generator, directions, index, rule, device, sign=sign, latent_bank=latent_bank)
     settings = _settings(synthesizer, n=n, batch_size=batch_size, storage=format, shard_size=shard_size,
                          seed=seed, world=ctx.world_size, generator_options=generator_options)
     extra = dict(extra_manifest or {})
@@ -542,6 +634,9 @@ def synthesize(
     workers: int | None = None,       # host threads for connected components and PNG encoding (None: from the core count)
     ctx: RankContext | None = None,   # the launcher's rank context (None: torchrun's environment)
     on_batch=None,                    # callback(batch_index) after each batch is launched (tests, progress hooks)
+    latents=None,                     # (N, dim_z) .npy / .pt of latents to use instead of N(0, I) (E-BigBiGAN's encoder embeddings)
+    latent_noise: float = 0.2,        # with latents: + this x N(0, I) (E-BigBiGAN: 0.2)
+    latent_order: str = "sample",     # with latents: "sample" rows at random, or "cycle" through them in order
 ) -> dict:
     """The synthesis stage: image/mask pairs from the background direction; returns the manifest."""
     from discovery.directions import Directions
@@ -562,11 +657,12 @@ def synthesize(
     ctx = ctx if ctx is not None else rank_context()
     device = rank_device(device, ctx)
     model, options = generator_for_directions(directions, generator, weights=weights, generator_options=generator_options, device=device)
+    bank = LatentBank.load(latents, model.dim_z, latent_noise, latent_order) if latents is not None else None
     index, sign, choice = resolve_direction(model, directions, rule, index=index, sign=sign, seed=seed, device=device)
     extra = {"directions": {"path": source}, **choice}
     manifest = write_pairs(model, directions, index, out, n=n, rule=rule, batch_size=batch_size, format=format, shard_size=shard_size,
                            seed=seed, resume=resume, device=device, progress=progress, sign=sign, preview=preview, workers=workers,
-                           generator_options=options, extra_manifest=extra, on_batch=on_batch, ctx=ctx)
+                           generator_options=options, extra_manifest=extra, on_batch=on_batch, ctx=ctx, latent_bank=bank)
     if manifest.get("format"):
         rate = manifest.get("rejection_rate")
         speed = manifest.get("timing", {}).get("pairs_per_second")

@@ -217,7 +217,7 @@ def test_every_command_is_registered():
     from saliency.commands import COMMANDS
 
     # A command module renamed or removed breaks this (and the import in saliency/commands/__init__.py).
-    assert COMMANDS.names() == ["generators", "discover", "directions", "synthesize", "train-segmenter", "evaluate", "predict",
+    assert COMMANDS.names() == ["generators", "discover", "directions", "synthesize", "train-segmenter", "self-train", "evaluate", "predict",
                                 "export", "train-gan", "pipeline", "demo"]
 
 

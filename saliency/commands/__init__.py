@@ -12,6 +12,7 @@ from saliency.commands import (  # noqa: E402,F401  isort: skip
     directions,
     synthesize,
     train_segmenter,
+    self_train,
     evaluate,
     predict,
     export,

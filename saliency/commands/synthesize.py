@@ -43,6 +43,11 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--preview", type=int, default=16, help="pairs shown in OUT/preview.png (0: none)")
     parser.add_argument("--workers", type=int, default=None, help="host threads for masks and PNG encoding (default: cores - 1, at most 8)")
+    parser.add_argument("--latents", default=None,
+                        help="(N, dim_z) .npy / .pt of latents instead of N(0, I), e.g. encoder embeddings of your photos (E-BigBiGAN)")
+    parser.add_argument("--latent-noise", type=float, default=0.2, help="with --latents: add this x N(0, I) (E-BigBiGAN: 0.2)")
+    parser.add_argument("--latent-order", choices=("sample", "cycle"), default="sample",
+                        help="with --latents: rows at random, or cycled in order")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -54,7 +59,8 @@ def run(args):
         args.directions, args.out, generator=args.generator, weights=args.weights, generator_options=generator_options(args),
         index=args.index, sign=args.sign, n=args.n, rule=args.rule, rule_options=mask_rule_options(args), batch_size=args.batch_size,
         format=args.format, shard_size=args.shard_size, seed=args.seed, resume=args.resume, device=args.device,
-        progress=args.progress, preview=args.preview, workers=args.workers, ctx=args.ctx,
+        progress=args.progress, preview=args.preview, workers=args.workers, ctx=args.ctx, latents=args.latents,
+        latent_noise=args.latent_noise, latent_order=args.latent_order,
     )
 
 
