@@ -20,15 +20,18 @@ from discovery.errors import UserError
 from discovery.runtime import get_logger
 
 STAGES = ("discover", "synthesize", "train_segmenter", "evaluate")
+OPTIONAL_STAGES = ("self_train",)  # run when the config has the section (after train_segmenter)
 TOP_LEVEL = ("generator", "weights", "generator_options", "classes", "truncation", "seed")
-DONE = {"discover": "summary.json", "synthesize": "manifest.json", "train_segmenter": "summary.json", "evaluate": "summary.json"}
-RESUMABLE = {"discover": "checkpoint.pt", "synthesize": "run.json", "train_segmenter": "checkpoint.pt"}
+DONE = {"discover": "summary.json", "synthesize": "manifest.json", "train_segmenter": "summary.json", "self_train": "summary.json",
+        "evaluate": "summary.json"}
+RESUMABLE = {"discover": "checkpoint.pt", "synthesize": "run.json", "train_segmenter": "checkpoint.pt", "self_train": "self_train.json"}
 # What the pipeline itself passes to each stage (never from the config).
 LINKED = {
     "discover": {"generator", "out", "weights", "generator_options", "seed", "device", "resume", "method_options"},
     "synthesize": {"directions", "out", "generator", "weights", "generator_options", "seed", "device", "resume", "ctx"},
     "train_segmenter": {"out_dir", "data", "synthesizer", "directions", "generator", "weights", "generator_options", "seed",
                         "device", "resume", "ctx"},
+    "self_train": {"checkpoint", "out", "synthetic", "seed", "device", "resume"},
     "evaluate": {"out", "checkpoint", "predictions", "baseline", "device"},
 }
 EXTRA = {"evaluate": {"baselines"}}  # pipeline-only keys: evaluate each named baseline beside the segmenter
@@ -41,7 +44,7 @@ def _stage_functions() -> dict:
     import saliency
 
     return {"discover": discovery.discover, "synthesize": saliency.synthesize, "train_segmenter": saliency.train_segmenter,
-            "evaluate": saliency.evaluate}
+            "self_train": saliency.self_train, "evaluate": saliency.evaluate}
 
 
 def _known_keys(stage: str, function, section: dict) -> set[str]:
@@ -68,20 +71,27 @@ def load_config(path: str | Path) -> dict:
 def validate_config(config, source: str = "config") -> dict:
     if not isinstance(config, dict):
         raise UserError(f"{source}: expected a mapping with sections {', '.join(STAGES)}")
-    unknown = sorted(set(map(str, config)) - set(STAGES) - set(TOP_LEVEL))
+    unknown = sorted(set(map(str, config)) - set(STAGES) - set(OPTIONAL_STAGES) - set(TOP_LEVEL))
     if unknown:
         raise UserError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-                        f"(known: {', '.join(TOP_LEVEL)} and the sections {', '.join(STAGES)})")
+                        f"(known: {', '.join(TOP_LEVEL)} and the sections {', '.join(STAGES + OPTIONAL_STAGES)})")
     missing = [stage for stage in STAGES if not isinstance(config.get(stage), dict)]
     if missing:
         raise UserError(f"{source}: missing sections {missing}")
     functions = _stage_functions()
-    for stage in STAGES:
+    for stage in STAGES + tuple(s for s in OPTIONAL_STAGES if s in config):
+        if not isinstance(config[stage], dict):
+            raise UserError(f"{source}: section {stage} must be a mapping of options")
         known = _known_keys(stage, functions[stage], config[stage])
         wrong = sorted(set(map(str, config[stage])) - known)
         if wrong:
             raise UserError(f"{source}: section {stage}: unknown key{'s' if len(wrong) > 1 else ''} {', '.join(wrong)} "
                             f"(known: {', '.join(sorted(known))})")
+        required = [k for k, p in inspect.signature(functions[stage]).parameters.items()
+                    if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k not in LINKED[stage]]
+        missing = [k for k in required if k not in config[stage]]
+        if missing:
+            raise UserError(f"{source}: section {stage}: missing {', '.join(missing)}")
     return config
 
 
@@ -110,7 +120,7 @@ def run_pipeline(config: dict, out_dir: str | Path, *, device: str = "auto", see
         if config.get(key) is not None:
             options[key] = config[key]
     generator = {"generator": config.get("generator", "horse-64"), "weights": config.get("weights"), "generator_options": options}
-    folders = {stage: out / stage.replace("_", "-") for stage in STAGES}
+    folders = {stage: out / stage.replace("_", "-") for stage in STAGES + tuple(s for s in OPTIONAL_STAGES if s in config)}
     timings: dict[str, float] = {}
 
     timings["discover"] = _run_stage("discover", folders["discover"], lambda resume: functions["discover"](
@@ -121,16 +131,23 @@ def run_pipeline(config: dict, out_dir: str | Path, *, device: str = "auto", see
     timings["train_segmenter"] = _run_stage("train_segmenter", folders["train_segmenter"], lambda resume: functions["train_segmenter"](
         folders["train_segmenter"], data=folders["synthesize"], seed=seed, device=device, resume=resume, **config["train_segmenter"]))
 
+    checkpoint = folders["train_segmenter"] / "segmenter.pt"
+    if "self_train" in config:
+        timings["self_train"] = _run_stage("self_train", folders["self_train"], lambda resume: functions["self_train"](
+            checkpoint, out=folders["self_train"], synthetic=folders["synthesize"], seed=seed, device=device, resume=resume,
+            **config["self_train"]))
+        checkpoint = folders["self_train"] / "segmenter.pt"
+
     evaluate = dict(config["evaluate"])
     baselines = evaluate.pop("baselines", []) or []
-    checkpoint = folders["train_segmenter"] / "segmenter.pt"
     evaluations = {"gan-segmenter": folders["evaluate"] / "gan-segmenter"}
     timings["evaluate"] = _run_stage("evaluate", evaluations["gan-segmenter"], lambda resume: functions["evaluate"](
         out=evaluations["gan-segmenter"], checkpoint=checkpoint, device=device, **evaluate))
+    raw = {k: v for k, v in evaluate.items() if k not in ("refine", "refine_options")}  # baselines as they are
     for baseline in baselines:
         evaluations[baseline] = folders["evaluate"] / baseline
         timings[f"evaluate {baseline}"] = _run_stage("evaluate", evaluations[baseline], lambda resume, b=baseline: functions["evaluate"](
-            out=evaluations[b], baseline=b, **evaluate))
+            out=evaluations[b], baseline=b, **raw))
 
     report = write_pipeline_report(out, folders, evaluations)
     summary = {"stages": {k: str(v) for k, v in folders.items()}, "seconds": timings, **report, "manifest": run_manifest(config=config)}

@@ -414,6 +414,14 @@ def test_pipeline_config_keys_are_checked(tmp_path, capsys):
     assert code == 2 and "unknown key generater" in err
 
 
+def test_the_shipped_configs_are_valid():
+    from saliency.pipeline import load_config
+
+    for path in (Path(__file__).resolve().parents[1] / "saliency" / "configs").glob("*.yaml"):
+        config = load_config(path)  # every key is an argument of its stage function
+        assert set(config) >= {"discover", "synthesize", "train_segmenter", "evaluate"}, path
+
+
 def test_the_stage_functions_are_the_package_api(tmp_path):
     """The README's Python chain, on the procedural generator, end to end."""
     found = discovery.discover("procedural", method="sefa", out=tmp_path / "d", charts=0, progress=False, device="cpu")

@@ -26,6 +26,13 @@ def run(args):
         raise UserError(f"--images {images}: expected the Weizmann horse folder with images/, masks/ and test.txt")
     config = load_config(args.config)
     config["evaluate"]["root"] = str(images)
+    if "self_train" in config:  # the unlabelled train photos of the same folder; the list ships with the package
+        from saliency.datasets import repository_root
+
+        config["self_train"]["images"] = str(images / "images")
+        listed = Path(config["self_train"].get("list_file") or "")
+        if config["self_train"].get("list_file") and not listed.is_file():
+            config["self_train"]["list_file"] = str(repository_root() / listed)
     summary = run_pipeline(config, args.out, device=args.device, seed=args.seed)
     print(f"report: {summary['report']}")
 
