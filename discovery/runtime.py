@@ -26,6 +26,12 @@ def resolve_device(name: str | None = "auto") -> torch.device:
         raise UserError(f"--device {name!r}: not a device name (expected auto, cpu, cuda or cuda:N)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) (0..{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device {name}: Apple's MPS is not available on this machine (use --device cpu)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: not a device the package runs on (expected auto, cpu, cuda or cuda:N)")
     return device
 
 

@@ -95,7 +95,7 @@ def train_segmenter(
             raise UserError(f"{name} {value}: must be an integer >= {low}")
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction}: must be in (0, 1)")
-    if lr <= 0 or not 0 < lr_decay <= 1 or lr_decay_every < 0 or dice_weight < 0:
+    if not lr > 0 or not 0 < lr_decay <= 1 or not lr_decay_every >= 0 or not dice_weight >= 0:  # "not >": NaN fails too
         raise UserError("--lr must be > 0, --lr-decay in (0, 1], --lr-decay-every >= 0 and --dice-weight >= 0")
     crop_scale = tuple(float(s) for s in crop_scale)
     if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:

@@ -61,3 +61,24 @@ def test_discover_resume_with_other_weights_is_refused(tmp_path, capsys):
     (tmp_path / "v" / "summary.json").unlink()
     code, err = _cli(capsys, *run, "--weights", tmp_path / "w1.pt", "--steps", "2", "--resume")
     assert code == 2 and "weights:" in err and "w0.pt" in err and "w1.pt" in err
+
+
+def test_impossible_options_are_one_line(tmp_path, capsys):
+    for argv, message in [
+        (["train-segmenter", "--data", tmp_path, "--out", tmp_path / "o", "--lr", "nan"], "--lr must be > 0"),
+        (["discover", "--generator", "procedural", "--method", "sefa", "--out", tmp_path / "o", "--device", "meta"], "--device meta"),
+        (["discover", "--generator", "procedural", "--method", "sefa", "--out", tmp_path / "o", "--device", "mps"], "--device mps"),
+        (["synthesize", "--directions", tmp_path / "d.pt", "--out", tmp_path / "o", "--workers", "-1"], "--workers -1"),
+        (["discover", "--generator", "procedural", "--weights", tmp_path / "x.pt", "--out", tmp_path / "o"], "takes no weights"),
+    ]:
+        (tmp_path / "d.pt").write_bytes(b"")
+        (tmp_path / "x.pt").write_bytes(b"")
+        code, err = _cli(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (argv, err)
+        assert not (tmp_path / "o").exists(), argv
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors: one line too, no usage block
+        main(["discover", "--out", str(tmp_path / "o"), "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--no-such-flag" in err
