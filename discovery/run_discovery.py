@@ -12,7 +12,7 @@ import inspect
 import time
 from pathlib import Path
 
-from discovery.errors import UserError
+from discovery.errors import UserError, library_call
 from discovery.generators.resolve import resolve_generator
 from discovery.runtime import get_logger
 
@@ -24,6 +24,7 @@ def _accepted(function, values: dict) -> dict:
     return {key: value for key, value in values.items() if key in parameters}
 
 
+@library_call
 def discover(
     generator,                  # a LatentGenerator, or a registered / plugin generator name
     method: str = "voynov",     # a registered discovery method (discovery.methods: voynov, hessian, ganspace, sefa, ...)

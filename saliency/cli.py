@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from discovery.errors import UserError
+from discovery.errors import UserError, command_line_call
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = None
     try:
         args.ctx = ctx = rank_context()
-        args._run(args)
+        with command_line_call():  # errors keep naming the flags
+            args._run(args)
     except UserError as exc:
         print(f"saliency {args.command}: error: {exc}", file=sys.stderr)
         return 2

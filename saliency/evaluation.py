@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from discovery.errors import UserError
+from discovery.errors import UserError, library_call
 from saliency.datasets import SODDataset, read_grey, read_mask, read_rgb
 from saliency.metrics import SaliencyMetrics, image_statistics
 
@@ -372,6 +372,7 @@ def _finish(stats, dataset: SODDataset, out_dir: Path, name: str, source: dict, 
 DEFAULT_OUT = "outputs/evaluate"
 
 
+@library_call
 def evaluate(
     dataset,                          # ECSSD, DUTS-TE, DUT-OMRON, SOD, weizmann-horse, a folder with images/ + masks/, or an SODDataset
     out=None,                         # report folder; None: outputs/evaluate/<dataset>-<source>

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from discovery.errors import UserError
+from discovery.errors import UserError, library_call
 
 FORMATS = ("onnx", "torchscript")
 
@@ -32,6 +32,7 @@ class ExportedSegmenter(nn.Module):
         return torch.sigmoid(self.model((images - self.mean) / self.std))
 
 
+@library_call
 def export_segmenter(checkpoint, out, *, format: str = "onnx", opset: int = 17) -> dict:
     """Write ``checkpoint`` (segmenter.pt) as ``format`` to ``out``; returns the sidecar description."""
     import json

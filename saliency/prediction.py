@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from discovery.errors import UserError
+from discovery.errors import UserError, library_call
 from discovery.runtime import get_logger
 
 TYPES = ("map", "mask", "rgba", "overlay")
@@ -132,6 +132,7 @@ def check_writable(out: Path) -> None:
         raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
+@library_call
 def predict(
     inputs,                           # image files, folders or glob patterns (a str, a Path or a list of them)
     *,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from discovery.errors import UserError
+from discovery.errors import UserError, library_call
 from discovery.runtime import check_resume, get_logger, progress_bar, rng_state, set_rng_state
 from saliency.training_data import (
     FolderStream,
@@ -40,6 +40,7 @@ CHECKPOINT = "checkpoint.pt"
 _RESUME_FREE = ("steps",)
 
 
+@library_call
 def train_segmenter(
     out_dir,                                  # run folder: checkpoint.pt, stats, segmenter.pt, summary.json
     *,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from discovery.errors import UserError
+from discovery.errors import UserError, library_call
 from discovery.runtime import get_logger
 
 log = get_logger("self-train")
@@ -132,6 +132,7 @@ def label_photos(segmenter, photos: list[Path], folder: Path, *, refine: str, sh
     return {"kept": sorted(s["key"] for s in kept), "scores": scores}
 
 
+@library_call
 def self_train(
     checkpoint,                       # segmenter.pt to start from (train-segmenter's)
     images,                           # folder of unlabelled photos of the target domain (masks are never read)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from discovery.errors import UserError
+from discovery.errors import UserError, library_call
 from discovery.runtime import RankContext, check_resume, pin_cuda_device, rank_context  # noqa: F401  (RankContext: API)
 from saliency.masks import KEPT, REASONS, MaskRule
 from saliency.pairs import (
@@ -611,6 +611,7 @@ def write_pairs(
     return {"rank": this_rank, "pairs": quota, "session_pairs": session_pairs, "seconds": seconds, "manifest_written": False}
 
 
+@library_call
 def synthesize(
     directions,                       # directions.pt (any format discovery.load_directions reads) or a Directions
     out,                              # folder for shards/ or images/ + masks/, manifest.json, preview.png

@@ -441,3 +441,12 @@ def test_the_stage_functions_are_the_package_api(tmp_path):
     assert 0 <= results["metrics"]["iou"] <= 1
     with pytest.raises(UserError, match="unknown option"):
         discovery.discover("procedural", method="sefa", top_kk=3)
+
+
+def test_library_errors_name_keyword_arguments_and_the_cli_names_flags(tmp_path, capsys):
+    with pytest.raises(UserError, match=r"^charts=-1: must not be negative$"):
+        discovery.discover("procedural", method="sefa", charts=-1)
+    with pytest.raises(UserError, match=r"^batch_size=0: must be at least 1"):
+        saliency.predict(tmp_path, checkpoint=tmp_path / "x.pt", out=tmp_path / "o", batch_size=0)
+    code, _, err = _cli(capsys, "discover", "--generator", "procedural", "--method", "sefa", "--charts", "-1", "--out", tmp_path / "o")
+    assert code == 2 and "--charts -1: must not be negative" in err
