@@ -229,10 +229,13 @@ def evaluate_predictor(
         pending: deque = deque()
         for index, sample in enumerate(_progress(dataset, len(dataset), f"evaluate {name}", progress)):
             image = read_rgb(sample.image_path)
+            gt = read_mask(sample.mask_path)
+            if image.shape[:2] != gt.shape:  # a stretched mask would score the wrong pixels
+                raise UserError(f"{sample.image_path}: the photo is {_size(image.shape)} but its mask {sample.mask_path.name} is "
+                                f"{_size(gt.shape)}; they must have the same size")
             t0 = time.perf_counter()
             pred = _as_map(call(image), sample.stem)
             predict_seconds += time.perf_counter() - t0
-            gt = read_mask(sample.mask_path)
             pred = fit_to(pred, gt.shape)
             if save_predictions:
                 from discovery.images import save_png

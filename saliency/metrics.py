@@ -460,7 +460,7 @@ def _enhanced_alignment(fg_fg, fg_bg, gt_fg, size):
         align = 2 * (a * b) / (a * a + b * b + EPS)
         total = total + (align + 1) ** 2 / 4 * count
     total = np.where(gt_fg == 0, pred_bg, np.where(gt_fg == size, pred_fg, total))
-    return total / (size - 1 + EPS)
+    return total / (np.maximum(size - 1, 1) + EPS)  # a 1-pixel image would divide by EPS alone
 
 
 def e_measure_curves(s: _Stacked, tp: np.ndarray | None = None, pp: np.ndarray | None = None) -> np.ndarray:

@@ -82,3 +82,26 @@ def test_impossible_options_are_one_line(tmp_path, capsys):
         main(["discover", "--out", str(tmp_path / "o"), "--no-such-flag"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--no-such-flag" in err
+
+
+def test_values_that_enter_a_metric_are_checked(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from saliency.metrics import SaliencyMetrics
+
+    # A 1x1 image gives a finite E-measure (it used to divide by 1e-8 alone and poison the mean).
+    metrics = SaliencyMetrics()
+    metrics.update(np.array([[0.7]]), np.array([[True]]))
+    metrics.update(np.full((4, 4), 0.2), np.zeros((4, 4), bool))
+    result = metrics.compute()["metrics"]
+    assert all(np.isfinite(result[k]) and 0 <= result[k] < 1.1 for k in ("max_e", "mean_e", "adaptive_e")), result  # (n / (n - 1), as pysodmetrics)
+    # A mask of another size than its photo is an error, not a silent stretch.
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "images" / "a.png")
+    Image.fromarray(np.zeros((10, 15), np.uint8)).save(root / "masks" / "a.png")
+    code, err = _cli(capsys, "evaluate", "--dataset", root, "--baseline", "center-prior", "--out", tmp_path / "o", "--no-progress")
+    assert code == 2 and "the photo is 30x20 but its mask a.png is 15x10" in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
