@@ -10,7 +10,7 @@ GPU), with 32 directions and the LeNet reconstructor, so its row shows the metho
 budget, not its converged directions.
 
 Usage: python benchmarks/directions.py [--voynov-steps 1000]
-Writes benchmarks/results/directions.md, directions.json and directions/<method>-{chart,pairs}.png.
+Writes benchmarks/results/directions.md, directions.json and directions/<method>-{chart,pairs}.jpg.
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ def main() -> int:
             manifest = saliency.synthesize(folder / "directions.pt", folder / "pairs", n=args.pairs, rule=rule, rule_options={"smooth": 3},
                                            batch_size=32, preview=16, progress=False, device="cpu")
             chart = next((folder / "charts").glob(f"direction_{choice['index']:03d}.png"))
-            shutil.copy(chart, pictures / f"{method}-chart.png")
-            shutil.copy(folder / "pairs" / "preview.png", pictures / f"{method}-pairs.png")
+            from PIL import Image
+
+            for source, name in ((chart, "chart"), (folder / "pairs" / "preview.png", "pairs")):  # JPEG: a tenth of the PNG's size
+                Image.open(source).convert("RGB").save(pictures / f"{method}-{name}.jpg", quality=85)
             summary = json.loads((folder / "summary.json").read_text())
             rows.append({"method": method, "options": options, "directions": found.count, "chosen": choice["index"],
                          "dimming_sign": choice["sign"], "choice_source": choice["source"], "score": choice.get("score"),
@@ -91,8 +93,8 @@ def main() -> int:
     lines += ["", "Each method's chosen direction (rows: latents; columns: shifts from -s to +s) and the masks its rule gives "
               "(image, mask pairs; 3x3 smoothing):", ""]
     for r in rows:
-        lines += [f"## {r['method']}", "", f"![{r['method']} chart](directions/{r['method']}-chart.png)", "",
-                  f"![{r['method']} pairs](directions/{r['method']}-pairs.png)", ""]
+        lines += [f"## {r['method']}", "", f"![{r['method']} chart](directions/{r['method']}-chart.jpg)", "",
+                  f"![{r['method']} pairs](directions/{r['method']}-pairs.jpg)", ""]
     (results_dir / "directions.md").write_text("\n".join(lines))
     return 0
 
