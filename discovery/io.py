@@ -14,6 +14,15 @@ from typing import Any
 import torch
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give: colleagues on a shared server can read a run
+
+
 def _atomic_replace(path: Path, write, durable: bool = True) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file.
 
@@ -28,6 +37,7 @@ def _atomic_replace(path: Path, write, durable: bool = True) -> None:
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files whatever the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -43,8 +53,8 @@ def atomic_write_bytes(data: bytes, path: str | Path, durable: bool = True) -> N
     _atomic_replace(Path(path), lambda handle: handle.write(data), durable)
 
 
-def atomic_write_text(text: str, path: str | Path) -> None:
-    atomic_write_bytes(text.encode("utf-8"), path)
+def atomic_write_text(text: str, path: str | Path, durable: bool = True) -> None:
+    atomic_write_bytes(text.encode("utf-8"), path, durable)
 
 
 def _json_default(value):
@@ -102,3 +112,38 @@ def ensure_fresh_output(out: Path, resume: bool, marker: str) -> None:
         raise UserError(f"--out {out}: exists and is not a folder")
     if (out / marker).exists() and not resume:
         raise UserError(f"--out {out}: already holds a run ({marker}); pass --resume to continue it or choose another folder")
+    check_writable(out)
+    if resume and out.is_dir():
+        remove_stale_temporaries(out)
+
+
+def check_writable(out: Path) -> None:
+    """``out`` is a folder this process can write (made if missing): checked before any work, one line if not."""
+    from discovery.errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    if created:  # made for the check only: the stage makes it again when it writes, so a failed start leaves nothing
+        try:
+            out.rmdir()
+        except OSError:
+            pass
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files of writes a killed run left (``.<name>.<random>.tmp``, up to a checkpoint's size each)."""
+    removed = 0
+    for stale in Path(folder).rglob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -7,6 +7,24 @@ import json
 from pathlib import Path
 
 
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a stats.jsonl; a half-written last line (a kill during the append) is dropped, not fatal."""
+    rows = []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for number, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number == len(lines) - 1:
+                break  # the interrupted append; the resumed run logs that step again
+            from discovery.errors import UserError
+
+            raise UserError(f"{path}: line {number + 1} is not JSON (the file was edited?); remove it or start a new run") from None
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
 class StatsLogger:
     """Append one row of scalars per logging step.
 
@@ -21,8 +39,7 @@ class StatsLogger:
         self.csv_path = self.out_dir / "stats.csv"
         self._rows: list[dict] = []
         if resume_step is not None and self.jsonl_path.exists():
-            with open(self.jsonl_path, encoding="utf-8") as handle:
-                self._rows = [row for row in map(json.loads, filter(str.strip, handle)) if row["step"] <= resume_step]
+            self._rows = [row for row in _read_rows(self.jsonl_path) if row["step"] <= resume_step]
         self._rewrite()
         self._writer = None
         if tensorboard:
@@ -34,19 +51,24 @@ class StatsLogger:
                 self._writer = None
 
     def _rewrite(self) -> None:
-        with open(self.jsonl_path, "w", encoding="utf-8") as handle:
-            for row in self._rows:
-                handle.write(json.dumps(row) + "\n")
+        from discovery.io import atomic_write_text
+
+        atomic_write_text("".join(json.dumps(row) + "\n" for row in self._rows), self.jsonl_path)  # never half a file
         self._write_csv()
 
     def _write_csv(self) -> None:
+        import io
+
+        from discovery.io import atomic_write_text
+
         keys: list[str] = []
         for row in self._rows:
             keys.extend(k for k in row if k not in keys)
-        with open(self.csv_path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=keys or ["step"])
-            writer.writeheader()
-            writer.writerows(self._rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys or ["step"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self._rows)
+        atomic_write_text(buffer.getvalue(), self.csv_path, durable=False)
 
     def log(self, step: int, **scalars: float) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}

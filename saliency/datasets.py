@@ -310,8 +310,9 @@ def _download(manifest: dict, root: Path) -> None:
             with zipfile.ZipFile(archive) as bundle:
                 for member in bundle.namelist():
                     target = (root / member).resolve()
-                    if not str(target).startswith(str(root.resolve())):
-                        raise UserError(f"{archive}: archive member {member!r} points outside {root}")
+                    if not target.is_relative_to(root.resolve()):  # a path check, not a string prefix: /data/set2 is not in /data/set
+                        raise UserError(f"{archive}: archive member {member!r} points outside {root}; delete {archive} "
+                                        f"and download it again from {item['url']}")
                 bundle.extractall(root)
         except zipfile.BadZipFile:
             archive.unlink(missing_ok=True)

@@ -165,9 +165,10 @@ def _output_guard(out_dir: Path):
 
 
 def _check_out(out_dir: Path) -> Path:
+    from discovery.io import check_writable
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: exists and is not a folder")
+    check_writable(out_dir)  # before any prediction is computed
     return out_dir
 
 
@@ -425,7 +426,7 @@ def evaluate(
     if out is None:
         tag = (Path(checkpoint).resolve().parent.name or "checkpoint") if checkpoint else (Path(predictions).resolve().name if predictions else baseline)
         out = Path(DEFAULT_OUT) / f"{dataset.name}-{tag}"
-    out = Path(out)
+    out = _check_out(Path(out))
     common = dict(workers=workers, progress=progress)
     if predictions is not None:
         results = evaluate_prediction_folder(predictions, dataset, out, name=name, resize=resize_predictions, normalize=normalize, **common)

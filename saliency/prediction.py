@@ -119,19 +119,6 @@ def _encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def check_writable(out: Path) -> None:
-    """Create ``out`` and write a probe file there, before any work: an unusable folder is one line."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
-
-
 @library_call
 def predict(
     inputs,                           # image files, folders or glob patterns (a str, a Path or a list of them)
@@ -153,7 +140,7 @@ def predict(
 ) -> dict:
     """Run the detector on photos and write the outputs; returns the record written to ``predictions.json``."""
     from discovery.images import read_image
-    from discovery.io import atomic_write_bytes, read_json, run_manifest, write_json
+    from discovery.io import atomic_write_bytes, check_writable, read_json, run_manifest, write_json
     from discovery.runtime import progress_bar
     from saliency.refine import REFINERS
     from saliency.segmenter import Segmenter, load_segmenter
@@ -179,6 +166,7 @@ def predict(
             raise UserError(f"{photo} and {seen[first]} would both write {first}; give them different names or folders")
         seen[first] = photo
     check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(targets)
     segmenter = checkpoint if isinstance(checkpoint, Segmenter) else load_segmenter(checkpoint, device if device is not None else "auto")
     side = segmenter.resolve_short_side(short_side)

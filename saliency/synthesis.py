@@ -648,6 +648,9 @@ def synthesize(
 
     if workers is not None and int(workers) < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
+    from discovery.io import check_writable
+
+    check_writable(Path(out))  # before the generator is loaded
     source = None
     if not isinstance(directions, Directions):
         source = str(Path(directions).resolve())

@@ -105,3 +105,51 @@ def test_values_that_enter_a_metric_are_checked(tmp_path, capsys):
     code, err = _cli(capsys, "evaluate", "--dataset", root, "--baseline", "center-prior", "--out", tmp_path / "o", "--no-progress")
     assert code == 2 and "the photo is 30x20 but its mask a.png is 15x10" in err
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    blocked = tmp_path / "a-file" / "out"
+    for argv in (
+        ["discover", "--generator", "procedural", "--method", "sefa", "--out", blocked],
+        ["synthesize", "--directions", tmp_path / "missing.pt", "--out", blocked],
+        ["evaluate", "--dataset", "weizmann-horse", "--baseline", "center-prior", "--out", blocked],
+        ["train-segmenter", "--data", tmp_path, "--out", blocked],
+    ):
+        code, err = _cli(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write there" in err and "Traceback" not in err, (argv, err)
+
+
+def test_logs_survive_a_kill_during_their_write(tmp_path):
+    import json
+
+    from discovery.io import remove_stale_temporaries
+    from discovery.stats import StatsLogger
+
+    logger = StatsLogger(tmp_path, tensorboard=False)
+    for step in (1, 2, 3):
+        logger.log(step, loss=1.0 / step)
+    logger.close()
+    with open(tmp_path / "stats.jsonl", "a") as handle:
+        handle.write('{"step": 4, "lo')  # the append a kill interrupted
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    assert remove_stale_temporaries(tmp_path) == 1 and not list(tmp_path.glob(".*.tmp"))
+    resumed = StatsLogger(tmp_path, resume_step=3, tensorboard=False)
+    assert [row["step"] for row in resumed.rows] == [1, 2, 3]
+    resumed.log(4, loss=0.25)
+    lines = (tmp_path / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+    assert (tmp_path / "stats.csv").read_text().splitlines()[0] == "step,loss"
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from discovery.io import atomic_write_text
+
+    atomic_write_text("x", tmp_path / "file.txt")
+    mode = stat.S_IMODE(os.stat(tmp_path / "file.txt").st_mode)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # not mkstemp's 0600
