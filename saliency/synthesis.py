@@ -554,6 +554,7 @@ def write_pairs(
 
             return read_json(out_dir / MANIFEST)  # already complete
     ctx.barrier()
+    fresh_folder = not out_dir.exists()  # made by this run: removed again if it fails before committing a pair
     if ctx.rank == 0 and not run_file.is_file():
         from discovery.io import run_manifest, write_json
 
@@ -594,6 +595,14 @@ def write_pairs(
             session_pairs, session_candidates = _run_rank(
                 synthesizer, unit_writer, ctx=ctx, quota=quota, done=done, start_step=start_step, skip=skip,
                 batch_size=batch_size, seed=seed, workers=workers, progress=progress and this_rank == 0, on_batch=on_batch)
+        except UserError:
+            # Bad input found only by generating (no mask passes the rule): a run that committed nothing
+            # leaves nothing, so the corrected command runs without --resume.
+            if fresh_folder and world == 1 and not committed_units(out_dir, this_rank, format):
+                import shutil
+
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         finally:
             torch.set_num_threads(threads)
     seconds = time.perf_counter() - started

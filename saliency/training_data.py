@@ -166,7 +166,10 @@ class FolderStream:
 
     def next(self):
         self.step += 1
-        return next(self._iterator)
+        try:
+            return next(self._iterator)
+        except UserError as exc:  # from a DataLoader worker: its message carries the worker's whole traceback
+            raise UserError(_last_line(str(exc))) from None
 
     def state_dict(self) -> dict:
         return {"kind": "folder", "step": self.step, "position": self.step * self.batch_size, "epoch": self.step * self.batch_size // self.size}
@@ -259,3 +262,7 @@ def prepare_synth_val(synthesizer, transform, seed: int, count: int, chunk: int)
     return _stack([apply_transform(transform, i, m, seed=0) for i, m in zip(images.numpy(), masks.numpy())])
 
 
+def _last_line(message: str) -> str:
+    """The user's message inside a DataLoader worker's re-raised error (``...UserError: <message>``)."""
+    last = message.strip().splitlines()[-1] if message.strip() else message
+    return last.split("UserError: ", 1)[-1]

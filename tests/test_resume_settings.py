@@ -153,3 +153,29 @@ def test_written_files_follow_the_umask(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert mode == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_a_failed_start_leaves_no_started_looking_folder(tmp_path, capsys):
+    pairs = _pairs(tmp_path, capsys)
+    out = tmp_path / "never"
+    argv = ["synthesize", "--directions", tmp_path / "d.pt", "--index", "3", "--sign", "1", "--rule", "intensity",
+            "--threshold", "0.01", "--n", "4", "--out", out, "--device", "cpu", "--no-progress"]  # no mask ever passes
+    for _ in range(2):  # the same error again, not "already holds a run"
+        code, err = _cli(capsys, *argv)
+        assert code == 2 and "no candidate passed the mask rule" in err and not out.exists(), err
+    # A corrupt pair read by a DataLoader worker is one line too (not the worker's traceback).
+    from saliency.training_data import split_by_key
+
+    assert pairs.is_dir()
+    png = tmp_path / "png-pairs"
+    code, err = _cli(capsys, "synthesize", "--directions", tmp_path / "d.pt", "--index", "3", "--sign", "1", "--rule", "intensity",
+                     "--threshold", "0.85", "--n", "8", "--format", "png", "--out", png, "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    keys = sorted(p.stem for p in (png / "images").glob("*.png"))
+    _, held_out = split_by_key(keys, 0.1, 1)
+    for index, key in enumerate(keys):
+        if index not in held_out:
+            (png / "images" / f"{key}.png").write_bytes(b"not a png")
+    code, err = _cli(capsys, "train-segmenter", "--data", png, "--out", tmp_path / "seg", *TINY_UNET, "--steps", "2", "--batch-size", "2",
+                     "--val-fraction", "0.1", "--val-pairs", "1", "--workers", "1", "--device", "cpu", "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a readable PNG" in err and "Traceback" not in err, err
