@@ -218,7 +218,7 @@ def test_every_command_is_registered():
 
     # A command module renamed or removed breaks this (and the import in saliency/commands/__init__.py).
     assert COMMANDS.names() == ["generators", "discover", "directions", "synthesize", "train-segmenter", "self-train", "evaluate", "predict",
-                                "export", "train-gan", "pipeline", "demo"]
+                                "export", "explore", "train-gan", "pipeline", "demo"]
 
 
 # ----------------------------------------------------------------------------- files never run code

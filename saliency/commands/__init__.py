@@ -16,6 +16,7 @@ from saliency.commands import (  # noqa: E402,F401  isort: skip
     evaluate,
     predict,
     export,
+    explore,
     train_gan,
     pipeline,
     demo,
