@@ -69,6 +69,37 @@ class Explorer:
                                                      device=device)
         self.seed, self.samples = int(seed), int(samples)
         self.order, self.ranked_by = ranking_order(self.directions)
+        self.class_index: int | None = None  # conditional generators: one class for every latent (None: the class policy)
+
+    # ---- generator controls
+    @property
+    def conditional(self) -> bool:
+        return bool(getattr(self.generator, "conditional", False))
+
+    @property
+    def has_truncation(self) -> bool:
+        return isinstance(getattr(self.generator, "truncation", None), (int, float))
+
+    def set_class(self, text) -> str:
+        """A class for every latent (ImageNet index or name), or the generator's own policy when empty."""
+        text = str(text or "").strip()
+        if not text:
+            self.class_index = None
+            return "class: the generator's policy"
+        from discovery.imagenet import parse_classes
+
+        try:
+            classes = parse_classes(text)
+        except UserError as exc:
+            return str(exc)
+        self.class_index = int(classes[0]) if classes else None
+        return f"class {self.class_index}"
+
+    def set_truncation(self, value: float) -> None:
+        if self.has_truncation:
+            if not 0 < float(value) <= 1:
+                raise UserError(f"truncation {value}: must be in (0, 1]")
+            self.generator.truncation = float(value)
 
     # ---- choices offered in the page
     def choice(self, index: int) -> str:
@@ -87,7 +118,10 @@ class Explorer:
     def latents(self, seed: int, samples: int):
         stream = torch.Generator().manual_seed(int(seed))
         z = self.generator.sample_latent(int(samples), stream)
-        return z, self.generator.sample_condition(int(samples), stream)
+        condition = self.generator.sample_condition(int(samples), stream)
+        if self.conditional and self.class_index is not None:
+            condition = torch.full((int(samples),), self.class_index, dtype=torch.long)
+        return z, condition
 
     @torch.no_grad()
     def images(self, seed: int, samples: int, shifts: list[tuple[int, float]]) -> np.ndarray:
@@ -102,14 +136,15 @@ class Explorer:
         return _enlarge(make_grid(pictures, rows=1, cols=len(pictures)))
 
     @torch.no_grad()
-    def masks(self, seed: int, samples: int, index: int, rule_name: str, sign: int = 1) -> tuple[np.ndarray, str]:
-        """The masks a rule makes along direction ``index`` (as ``synthesize`` would), and a caption."""
+    def masks(self, seed: int, samples: int, index: int, rule_name: str, sign: int = 1, options: str = "") -> tuple[np.ndarray, str]:
+        """The masks a rule with ``options`` ("smooth=3 max_area=0.6") makes along direction ``index``, and a caption."""
         from discovery.images import make_grid
         from saliency.masks import build_rule
         from saliency.synthesis import PairSynthesizer
 
         try:
-            synthesizer = PairSynthesizer(self.generator, self.directions, index, build_rule(rule_name), self.generator.device, sign=sign)
+            rule = build_rule(rule_name, **parse_options(options))
+            synthesizer = PairSynthesizer(self.generator, self.directions, index, rule, self.generator.device, sign=sign)
         except UserError as exc:
             return np.full((64, 64 * samples, 3), 255, np.uint8), str(exc)
         z, condition = self.latents(seed, samples)
@@ -160,6 +195,21 @@ class Explorer:
         return f"direction {index} (sign {sign:+d}) is the background direction: `synthesize --index auto` uses it"
 
 
+def parse_options(text: str) -> dict:
+    """``"smooth=3, max_area=0.6"`` -> {"smooth": 3, "max_area": 0.6}; one line for anything else."""
+    options = {}
+    for item in str(text or "").replace(",", " ").split():
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserError(f"rule options {text!r}: expected key=value pairs such as smooth=3 max_area=0.6")
+        try:
+            number = float(value)
+        except ValueError:
+            raise UserError(f"rule option {key}={value!r}: expected a number") from None
+        options[key] = int(number) if number.is_integer() and "." not in value else number
+    return options
+
+
 def _enlarge(grid: np.ndarray, minimum: int = 256) -> np.ndarray:
     factor = max(1, int(np.ceil(minimum / grid.shape[0])))
     return grid.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else grid
@@ -183,6 +233,10 @@ def build_app(explorer: Explorer):
         with gr.Row():
             seed = gr.Number(value=explorer.seed, precision=0, label="seed", elem_id="seed")
             samples = gr.Slider(1, 12, value=explorer.samples, step=1, label="latents", elem_id="samples")
+            class_box = gr.Textbox(label="class (ImageNet index or name; empty: the generator's policy)", visible=explorer.conditional,
+                                   elem_id="class")
+            truncation = gr.Slider(0.02, 1.0, value=float(getattr(explorer.generator, "truncation", 1.0) or 1.0), step=0.02,
+                                   label="truncation", visible=explorer.has_truncation, elem_id="truncation")
         slots = []
         for slot in range(SLOTS):
             with gr.Row():
@@ -196,6 +250,7 @@ def build_app(explorer: Explorer):
             default_rule = "two-direction" if paired and "two-direction" in MASK_RULES else "lighting"
             rule = gr.Dropdown(MASK_RULES.names(), value=default_rule if default_rule in MASK_RULES else MASK_RULES.names()[0],
                                label="mask rule (along direction 1)", elem_id="rule")
+            rule_options = gr.Textbox(label="rule options (e.g. smooth=3 max_area=0.6)", elem_id="rule-options")
             mask_caption = gr.Markdown(elem_id="mask-caption")
         mask_picture = gr.Image(label="masks synthesis would make", type="numpy", elem_id="masks", interactive=False)
         with gr.Row():
@@ -206,23 +261,23 @@ def build_app(explorer: Explorer):
         status = gr.Markdown(elem_id="status")
         gif_file = gr.File(label="traversal", elem_id="gif-file")
 
-        inputs = [seed, samples] + [component for pair in slots for component in pair]
+        inputs = [seed, samples, class_box, truncation] + [component for pair in slots for component in pair]
 
-        def render(seed_value, count, *values):
+        def render(seed_value, count, class_text, truncation_value, *values):
+            explorer.set_class(class_text)
+            if explorer.has_truncation:
+                explorer.set_truncation(truncation_value)
             shifts = [(explorer.index_of(values[2 * i]), float(values[2 * i + 1])) for i in range(SLOTS)]
             return explorer.images(int(seed_value or 0), int(count), [s for s in shifts if s[1]])
 
-        def render_masks(seed_value, count, first, rule_name, first_shift):
+        def render_masks(seed_value, count, first, rule_name, first_shift, options):
             sign = -1 if float(first_shift or 0) < 0 else 1
-            return explorer.masks(int(seed_value or 0), int(count), explorer.index_of(first), rule_name, sign)
-
-        def refresh_choices():
-            return [gr.update(choices=explorer.choices(), value=explorer.choice(explorer.index_of(pick.value))) for pick, _ in slots]
+            return explorer.masks(int(seed_value or 0), int(count), explorer.index_of(first), rule_name, sign, options)
 
         for component in inputs:
             component.change(render, inputs, picture)
-        mask_inputs = [seed, samples, slots[0][0], rule, slots[0][1]]
-        for component in (seed, samples, slots[0][0], rule):
+        mask_inputs = [seed, samples, slots[0][0], rule, slots[0][1], rule_options]
+        for component in (seed, samples, slots[0][0], rule, rule_options, class_box, truncation):
             component.change(render_masks, mask_inputs, [mask_picture, mask_caption])
         save_label.click(lambda first, text: explorer.label(explorer.index_of(first), text), [slots[0][0], name], status)
         background.click(lambda first, shift: explorer.mark_background(explorer.index_of(first), -1 if float(shift or 0) < 0 else 1),

@@ -140,3 +140,53 @@ def test_traversal_gif_and_mask_preview_without_a_browser(directions_file, tmp_p
     assert masks.shape[1] == still.shape[1] and "lighting rule" in caption
     _, caption = explorer.masks(0, 2, explorer.order[0], "two-direction")  # sefa records no partner: said, not a crash
     assert "needs a partner direction" in caption
+
+
+def test_rule_options_classes_and_truncation(directions_file, tmp_path):
+    import torch
+
+    from discovery.errors import UserError
+    from discovery.generators import LatentGenerator
+    from saliency.explorer import Explorer, parse_options
+
+    assert parse_options("smooth=3, max_area=0.6") == {"smooth": 3, "max_area": 0.6}
+    with pytest.raises(UserError, match="key=value"):
+        parse_options("smooth 3")
+    explorer = Explorer(directions_file, device="cpu", samples=2)
+    plain, _ = explorer.masks(0, 2, explorer.order[0], "lighting")
+    smoothed, caption = explorer.masks(0, 2, explorer.order[0], "lighting", options="smooth=5 bimodality=0")
+    assert not np_equal(plain, smoothed) and "lighting rule" in caption
+    _, caption = explorer.masks(0, 2, explorer.order[0], "lighting", options="threshold=0.5")
+    assert "does not apply to the lighting rule" in caption
+
+    class Classes(LatentGenerator):  # a conditional generator: the class sets the image's brightness
+        dim_z, resolution, conditional = 4, 8, True
+
+        def __init__(self):
+            super().__init__()
+            self.truncation = 1.0
+
+        def sample_condition(self, n, generator=None):
+            return torch.zeros(n, dtype=torch.long)
+
+        def forward(self, z, condition=None):
+            level = (condition.float() / 1000.0 - 0.5) * self.truncation
+            return (level[:, None, None, None] + 0 * z[:, :1, None, None]).expand(-1, 3, 8, 8)
+
+    toy = tmp_path / "toy.pt"
+    Directions(torch.eye(4), "classes-toy", "truth").save(toy)
+    conditional = Explorer(toy, generator=Classes(), device="cpu", samples=2)
+    assert conditional.conditional and conditional.has_truncation
+    default = conditional.images(0, 2, [])
+    assert conditional.set_class("980") == "class 980"
+    assert not np_equal(conditional.images(0, 2, []), default)
+    conditional.set_truncation(0.5)
+    assert conditional.generator.truncation == 0.5
+    with pytest.raises(UserError, match="truncation"):
+        conditional.set_truncation(2)
+
+
+def np_equal(a, b) -> bool:
+    import numpy as np
+
+    return a.shape == b.shape and bool(np.array_equal(a, b))
