@@ -298,12 +298,15 @@ def _fit(trainer: VoynovTrainer, config: dict, out_dir: Path | None, *, resume: 
         _section("Initialize logs", verbose)
         logger = StatsLogger(out_dir, resume_step=trainer.step if resume else None)
 
-    def save_checkpoint() -> None:
-        state = {"format": CHECKPOINT_FORMAT, "config": config, "trainer": trainer.state_dict(), "window": window.cpu(), "window_steps": window_steps}
+    def save_checkpoint(held_out: dict) -> None:
+        state = {"format": CHECKPOINT_FORMAT, "config": config, "trainer": trainer.state_dict(), "window": window.cpu(),
+                 "window_steps": window_steps, "held_out": held_out}
         atomic_torch_save(state, out_dir / CHECKPOINT)
 
     last: dict = {}
-    held_out = None  # the held-out evaluation at the last step, reused by the caller
+    # The held-out evaluation at the last step, reused by the caller (and kept in the checkpoint, so a
+    # resumed finished run does not measure it again).
+    held_out = state.get("held_out") if resume and trainer.step >= steps else None
     _section("Train", verbose)
     from tqdm import tqdm
 
@@ -322,12 +325,14 @@ def _fit(trainer: VoynovTrainer, config: dict, out_dir: Path | None, *, resume: 
                 window.zero_()
                 window_steps = 0
                 bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", refresh=False)
-            if out_dir is not None and (trainer.step % checkpoint_every == 0 or trainer.step == steps):
-                save_checkpoint()
-                held_out = trainer.evaluate(config["rca_samples"])
+            checkpoint_now = out_dir is not None and (trainer.step % checkpoint_every == 0 or trainer.step == steps)
+            if checkpoint_now:
+                held_out = trainer.evaluate(config["rca_samples"])  # its own random stream: training is unaffected
                 row["rca"] = held_out["rca"]
             if row and logger is not None:
-                logger.log(trainer.step, **row)
+                logger.log(trainer.step, **row)  # before the checkpoint: a kill in between re-logs the step on resume
+            if checkpoint_now:
+                save_checkpoint(held_out)
     elapsed = time.perf_counter() - start_time
     if logger is not None:
         logger.close()

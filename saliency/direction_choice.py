@@ -62,8 +62,11 @@ def parse_sign(sign) -> int | str:
 
 
 def resolve_direction(generator, directions, rule: MaskRule, *, index="auto", sign="auto", seed: int = 0,
-                      device=None) -> tuple[int, int, dict]:
-    """``(index, sign, provenance)`` for ``index`` = a row or "auto" and ``sign`` = 1, -1 or "auto"."""
+                      device=None, probe_samples: int = 64) -> tuple[int, int, dict]:
+    """``(index, sign, provenance)`` for ``index`` = a row or "auto" and ``sign`` = 1, -1 or "auto".
+
+    ``probe_samples`` latents per sign check the automatic sign (a fixed cost: callers making few
+    pairs pass fewer)."""
     from discovery.background import choose_background
 
     provenance: dict = {}
@@ -87,6 +90,6 @@ def resolve_direction(generator, directions, rule: MaskRule, *, index="auto", si
     sign = parse_sign(sign)
     if sign == "auto":
         prefer = rule_sign(rule, dimming_sign) if dimming_sign else 1
-        sign, probe = choose_sign(generator, directions, index, rule, seed=seed, device=device, prefer=prefer)
+        sign, probe = choose_sign(generator, directions, index, rule, seed=seed, device=device, prefer=prefer, samples=probe_samples)
         provenance["sign_choice"] = {"rule": rule.name, "preferred": prefer, "probe": probe, "sign": sign}
     return int(index), int(sign), provenance

@@ -671,7 +671,9 @@ def synthesize(
     device = rank_device(device, ctx)
     model, options = generator_for_directions(directions, generator, weights=weights, generator_options=generator_options, device=device)
     bank = LatentBank.load(latents, model.dim_z, latent_noise, latent_order) if latents is not None else None
-    index, sign, choice = resolve_direction(model, directions, rule, index=index, sign=sign, seed=seed, device=device)
+    # The sign probe is a fixed cost: 64 latents a sign, fewer for a small run (8 pairs do not need 128 images).
+    probe = int(min(64, max(16, n)))
+    index, sign, choice = resolve_direction(model, directions, rule, index=index, sign=sign, seed=seed, device=device, probe_samples=probe)
     extra = {"directions": {"path": source}, **choice}
     manifest = write_pairs(model, directions, index, out, n=n, rule=rule, batch_size=batch_size, format=format, shard_size=shard_size,
                            seed=seed, resume=resume, device=device, progress=progress, sign=sign, preview=preview, workers=workers,
@@ -681,5 +683,5 @@ def synthesize(
         speed = manifest.get("timing", {}).get("pairs_per_second")
         get_logger("synthesize").info(
             f"wrote {manifest['pairs']} pairs to {out} (direction {index}, sign {sign:+d}, shift {manifest['shift']:g}, "
-            f"rule {manifest['rule']['name']}, rejection rate {rate:.1%}" + (f", {speed:.0f} pairs/s" if speed else "") + ")")
+            f"rule {manifest['rule']['name']}, rejection rate {rate:.1%}" + (f", {speed:.3g} pairs/s" if speed else "") + ")")
     return manifest

@@ -32,7 +32,7 @@ def add_arguments(parser):
     parser.add_argument("--index", default="auto", help="row of the background direction, or 'auto' (the file's recorded choice)")
     parser.add_argument("--sign", default="auto",
                         help="1 or -1: which way to shift; auto: the recorded sign (adapted to the rule), "
-                             "unless on 64 probe latents the other sign's masks touch the image border clearly less")
+                             "unless on 64 probe latents (16-64 for small --n) the other sign's masks touch the image border clearly less")
     parser.add_argument("--n", "--pairs", dest="n", type=int, default=100_000,
                         help="pairs to write (all ranks together)")
     parser.add_argument("--out", required=True, help="output folder")
