@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"saliency {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    except OSError as exc:  # the disk, not the input: full, read-only, permissions, during the run
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"saliency {args.command}: error: {where}{exc.strerror or exc}; what was written before is kept whole (writes are "
+              "atomic); make room or fix the folder, then rerun (with --resume where the command has it)", file=sys.stderr)
+        return 2
     finally:
         if ctx is not None:
             ctx.close()

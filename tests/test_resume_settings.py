@@ -179,3 +179,31 @@ def test_a_failed_start_leaves_no_started_looking_folder(tmp_path, capsys):
     code, err = _cli(capsys, "train-segmenter", "--data", png, "--out", tmp_path / "seg", *TINY_UNET, "--steps", "2", "--batch-size", "2",
                      "--val-fraction", "0.1", "--val-pairs", "1", "--workers", "1", "--device", "cpu", "--no-progress")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a readable PNG" in err and "Traceback" not in err, err
+
+
+def test_a_full_disk_during_a_run_is_one_line_and_keeps_what_was_written(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import saliency.pairs as pairs_module
+
+    pairs = _pairs(tmp_path, capsys)  # a first run that completes
+    written = []
+    original = pairs_module._write_json_durable
+
+    def full_disk_after_one(obj, path):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        return original(obj, path)
+
+    monkeypatch.setattr(pairs_module, "_write_json_durable", full_disk_after_one)
+    code, err = _cli(capsys, "synthesize", "--directions", tmp_path / "d.pt", "--index", "3", "--sign", "1", "--rule", "intensity",
+                     "--threshold", "0.85", "--n", "12", "--shard-size", "4", "--out", tmp_path / "full", "--device", "cpu",
+                     "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "No space left on device" in err and "kept whole" in err, err
+    assert pairs.is_dir() and len(written) == 1
+    monkeypatch.setattr(pairs_module, "_write_json_durable", original)
+    code, err = _cli(capsys, "synthesize", "--directions", tmp_path / "d.pt", "--index", "3", "--sign", "1", "--rule", "intensity",
+                     "--threshold", "0.85", "--n", "12", "--shard-size", "4", "--out", tmp_path / "full", "--device", "cpu",
+                     "--no-progress", "--resume")
+    assert code == 0, err
