@@ -139,11 +139,14 @@ def check_writable(out: Path) -> None:
             pass
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete the temporary files of writes a killed run left (``.<name>.<random>.tmp``, up to a checkpoint's size each)."""
+def remove_stale_temporaries(folder: Path, names=None, recursive: bool = True) -> int:
+    """Delete the temporary files of writes a killed run left (``.<name>.<random>.tmp``, up to a checkpoint's size each).
+
+    ``names``: only the temporaries of these file names (a folder that also holds other people's files)."""
     removed = 0
-    for stale in Path(folder).rglob(".*.tmp"):
-        if stale.is_file():
+    for stale in (Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp"):
+        target = stale.name[1:].rsplit(".", 2)[0]  # ".<name>.<random>.tmp" -> "<name>"
+        if stale.is_file() and (names is None or target in names):
             stale.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -167,7 +167,11 @@ def predict(
         seen[first] = photo
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(targets)
+    from discovery.io import remove_stale_temporaries
+
+    for folder, names in _by_folder(targets).items():  # what a killed run left of these outputs, nothing else
+        if folder.is_dir():
+            remove_stale_temporaries(folder, names, recursive=False)
     segmenter = checkpoint if isinstance(checkpoint, Segmenter) else load_segmenter(checkpoint, device if device is not None else "auto")
     side = segmenter.resolve_short_side(short_side)
 
@@ -272,15 +276,6 @@ def predict(
         raise UserError(f"{len(record['failures'])} of {len(photos)} inputs could not be read (named above and in {out / RECORD}); "
                         "the others were written")
     return record
-
-
-def _remove_stale_temporaries(targets) -> None:
-    """Temporary files a killed run left behind (``.<name>.<random>.tmp`` of the atomic writer)."""
-    for folder, names in _by_folder(targets).items():
-        if folder.is_dir():
-            for stale in folder.glob(".*.tmp"):
-                if stale.name.split(".tmp")[0].rsplit(".", 1)[0][1:] in names:
-                    stale.unlink(missing_ok=True)
 
 
 def _by_folder(targets) -> dict:

@@ -23,9 +23,9 @@ import torch
 
 from discovery.errors import UserError, library_call
 from discovery.runtime import get_logger
+from saliency.prediction import IMAGE_SUFFIXES
 
 log = get_logger("self-train")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 SETTINGS = "self_train.json"
 
 
