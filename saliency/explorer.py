@@ -190,7 +190,10 @@ class Explorer:
         return f"direction {index} is now {name!r} (saved in {self.path.name} and {ANNOTATIONS})"
 
     def mark_background(self, index: int, sign: int) -> str:
+        previous = self.directions.background or {}
         self.directions.set_background(int(index), 1 if sign >= 0 else -1, "a person (saliency explore)")
+        if previous.get("index") == int(index) and previous.get("partner") is not None:  # an optimised pair stays a pair
+            self.directions.background["partner"] = previous["partner"]
         self._save(f"direction {index} marked as the background direction, sign {sign:+d}")
         return f"direction {index} (sign {sign:+d}) is the background direction: `synthesize --index auto` uses it"
 

@@ -15,6 +15,7 @@ from discovery.directions import Directions
 from saliency.cli import main
 from saliency.explorer import ANNOTATIONS, explore, read_annotations
 
+DEMO_DIRECTIONS = Path(__file__).resolve().parent / "fixtures" / "demo-directions.pt"  # the directions `make demo` wrote
 CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"
 
@@ -54,10 +55,12 @@ def _wait(condition, seconds=60.0):
     raise AssertionError("timed out waiting for the page")
 
 
-def test_the_page_moves_images_and_saves_labels(directions_file, tmp_path):
+def test_the_page_moves_images_and_saves_labels(tmp_path):
     from selenium.webdriver.common.by import By
 
     assert Path(CHROMIUM).exists() and Path(DRIVER).exists(), "install chromium and chromium-driver (apt-get), as .ci/run does"
+    directions_file = tmp_path / "directions.pt"
+    directions_file.write_bytes(DEMO_DIRECTIONS.read_bytes())  # the demo's directions, in a folder the test may write
     app, url, explorer = explore(directions_file, port=_free_port(), block=False, device="cpu")
     browser = _browser()
     try:
@@ -67,12 +70,17 @@ def test_the_page_moves_images_and_saves_labels(directions_file, tmp_path):
         first_direction = explorer.index_of(explorer.choices()[0])
         # Move the first shift slider as a person would drag it: the pictured images change.
         browser.execute_script(
-            "const s = document.querySelector('#shift-0 input[type=range]'); s.value = 4.5;"
+            "const s = document.querySelector('#shift-0 input[type=range]'); s.value = 3;"
             "s.dispatchEvent(new Event('input', {bubbles: true})); s.dispatchEvent(new Event('change', {bubbles: true}));")
         moved = _wait(lambda: image_src() if image_src() not in (None, first) else None)
         assert moved != first
-        browser.save_screenshot(str(tmp_path / "explorer.png"))
+        time.sleep(1)  # let the mask preview settle before the picture
+        browser.save_screenshot(str(tmp_path / "explorer.png"))  # the README's docs/explorer.jpg is this file
         assert (tmp_path / "explorer.png").stat().st_size > 10_000
+        if os.environ.get("SALIENCY_SCREENSHOTS"):
+            import shutil
+
+            shutil.copy(tmp_path / "explorer.png", Path(os.environ["SALIENCY_SCREENSHOTS"]) / "explorer.png")
         # Name the direction, then mark it as the background direction: both land in directions.pt.
         box = browser.find_element(By.CSS_SELECTOR, "#label textarea, #label input")
         box.send_keys("lights the horse")
@@ -86,11 +94,12 @@ def test_the_page_moves_images_and_saves_labels(directions_file, tmp_path):
     saved = Directions.load(directions_file)
     assert saved.labels[first_direction] == "lights the horse"
     assert saved.background["index"] == first_direction and saved.background["sign"] == 1
-    assert saved.background["source"] == "a person (saliency explore)"
+    assert saved.background["source"] == "a person (saliency explore)" and saved.background["partner"] == 1
     assert [entry["change"] for entry in saved.manifest["label_history"]][-2:] == [
         f"direction {first_direction} labelled 'lights the horse'",
         f"direction {first_direction} marked as the background direction, sign +1"]
-    assert read_annotations(directions_file.parent / ANNOTATIONS) == {first_direction: "lights the horse"}
+    assert read_annotations(directions_file.parent / ANNOTATIONS) == {**saved.labels, first_direction: "lights the horse"}
+    assert saved.labels == {0: "lights the horse", 1: "darken the object"}  # the method's own label of the partner stays
 
 
 def test_annotations_are_read_back_and_the_server_stays_on_this_machine(directions_file, tmp_path, monkeypatch, capsys):
