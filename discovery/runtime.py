@@ -252,10 +252,10 @@ class _NoBar:
         pass
 
 
-def progress_bar(total: int, *, initial: int = 0, desc: str = "", unit: str = "it", enabled: bool = True):
+def progress_bar(total: int, *, initial: int = 0, desc: str = "", unit: str = "it", enabled: bool = True, leave: bool = True):
     """A tqdm bar on stderr, or an object with the same methods that draws nothing."""
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=leave)

@@ -171,8 +171,10 @@ class VoynovTrainer:
         return {"loss": loss.detach(), "label_loss": label_loss.detach(), "accuracy": accuracy, "shift_error": shift_error.detach()}
 
     @torch.no_grad()
-    def evaluate(self, samples: int = 1024, seed: int = RCA_SEED) -> dict:
+    def evaluate(self, samples: int = 1024, seed: int = RCA_SEED, progress: bool = False) -> dict:
         """Held-out RCA: every direction equally often, latents and shifts from a fixed seed."""
+        from discovery.runtime import progress_bar
+
         was_training = self.reconstructor.training
         self.reconstructor.eval()
         sampler = torch.Generator().manual_seed(seed)
@@ -180,13 +182,17 @@ class VoynovTrainer:
         indices = torch.arange(self.count).repeat(per_direction)
         correct = torch.zeros(self.count, device=self.device)
         error = torch.zeros(self.count, device=self.device)
-        for batch in indices.split(self.batch_size):
+        batches = indices.split(self.batch_size)
+        bar = progress_bar(len(batches), desc="RCA", unit="batch", enabled=progress, leave=False)
+        for batch in batches:
+            bar.update(1)
             z, condition, k, eps = self.sample(len(batch), sampler, batch)
             original, shifted = self.images(z, condition, k, eps, grad=False)
             with self._autocast():
                 logits, eps_hat = self.reconstructor(original, shifted)
             correct.index_add_(0, k, (logits.argmax(1) == k).float())
             error.index_add_(0, k, (eps_hat.float() - eps).abs())
+        bar.close()
         self.reconstructor.train(was_training)
         correct, error = correct.cpu() / per_direction, error.cpu() / per_direction
         return {
@@ -327,7 +333,7 @@ def _fit(trainer: VoynovTrainer, config: dict, out_dir: Path | None, *, resume: 
                 bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", refresh=False)
             checkpoint_now = out_dir is not None and (trainer.step % checkpoint_every == 0 or trainer.step == steps)
             if checkpoint_now:
-                held_out = trainer.evaluate(config["rca_samples"])  # its own random stream: training is unaffected
+                held_out = trainer.evaluate(config["rca_samples"], progress=progress)  # its own random stream: training is unaffected
                 row["rca"] = held_out["rca"]
             if row and logger is not None:
                 logger.log(trainer.step, **row)  # before the checkpoint: a kill in between re-logs the step on resume
@@ -337,7 +343,7 @@ def _fit(trainer: VoynovTrainer, config: dict, out_dir: Path | None, *, resume: 
     if logger is not None:
         logger.close()
     if held_out is None:  # no checkpoint at the last step (in memory, or nothing left to train)
-        held_out = trainer.evaluate(config["rca_samples"])
+        held_out = trainer.evaluate(config["rca_samples"], progress=progress)
     return {
         "held_out": held_out,
         "final_train": last,
