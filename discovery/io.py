@@ -150,3 +150,35 @@ def remove_stale_temporaries(folder: Path, names=None, recursive: bool = True) -
             stale.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def leaves_nothing_on_bad_input(out_argument: str, marker: str):
+    """Decorator of a stage function: a run that fails on bad input (``UserError``) before it wrote
+    ``marker`` (its first checkpoint) into a folder it created removes that folder again, so the
+    corrected command needs no --resume and finds no stray logs."""
+    import functools
+    import inspect
+    import shutil
+
+    from discovery.errors import UserError
+
+    def decorate(function):
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                out = signature.bind_partial(*args, **kwargs).arguments.get(out_argument)
+            except TypeError:
+                out = None
+            fresh = out is not None and not Path(out).exists()
+            try:
+                return function(*args, **kwargs)
+            except UserError:
+                if fresh and Path(out).is_dir() and not (Path(out) / marker).exists():
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
+
+        return wrapper
+
+    return decorate

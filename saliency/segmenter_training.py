@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from discovery.errors import UserError, library_call
+from discovery.io import leaves_nothing_on_bad_input
 from discovery.runtime import check_resume, get_logger, progress_bar, rng_state, set_rng_state
 from saliency.training_data import (
     FolderStream,
@@ -41,6 +42,7 @@ _RESUME_FREE = ("steps",)
 
 
 @library_call
+@leaves_nothing_on_bad_input("out_dir", CHECKPOINT)
 def train_segmenter(
     out_dir,                                  # run folder: checkpoint.pt, stats, segmenter.pt, summary.json
     *,

@@ -207,3 +207,17 @@ def test_a_full_disk_during_a_run_is_one_line_and_keeps_what_was_written(tmp_pat
                      "--threshold", "0.85", "--n", "12", "--shard-size", "4", "--out", tmp_path / "full", "--device", "cpu",
                      "--no-progress", "--resume")
     assert code == 0, err
+
+
+def test_train_segmenter_failing_early_leaves_no_logs(tmp_path, capsys):
+    png = tmp_path / "png-pairs"
+    _pairs(tmp_path, capsys)
+    code, err = _cli(capsys, "synthesize", "--directions", tmp_path / "d.pt", "--index", "3", "--sign", "1", "--rule", "intensity",
+                     "--threshold", "0.85", "--n", "8", "--format", "png", "--out", png, "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    for image in sorted((png / "images").glob("*.png"))[1:]:
+        image.write_bytes(b"not a png")  # fails in the first training steps, after the logs were opened
+    out = tmp_path / "seg"
+    code, err = _cli(capsys, "train-segmenter", "--data", png, "--out", out, *TINY_UNET, "--steps", "2", "--batch-size", "2",
+                     "--val-fraction", "0.1", "--val-pairs", "1", "--workers", "0", "--device", "cpu", "--no-progress")
+    assert code == 2 and "not a readable PNG" in err and not out.exists(), err
