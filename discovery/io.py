@@ -108,8 +108,6 @@ def ensure_fresh_output(out: Path, resume: bool, marker: str) -> None:
     from discovery.errors import UserError
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
     if (out / marker).exists() and not resume:
         raise UserError(f"--out {out}: already holds a run ({marker}); pass --resume to continue it or choose another folder")
     check_writable(out)
@@ -152,10 +150,11 @@ def remove_stale_temporaries(folder: Path, names=None, recursive: bool = True) -
     return removed
 
 
-def leaves_nothing_on_bad_input(out_argument: str, marker: str):
+def leaves_nothing_on_bad_input(out_argument: str, marker):
     """Decorator of a stage function: a run that fails on bad input (``UserError``) before it wrote
-    ``marker`` (its first checkpoint) into a folder it created removes that folder again, so the
-    corrected command needs no --resume and finds no stray logs."""
+    ``marker`` (its first checkpoint; or ``marker(out)`` says whether the run got that far) into a
+    folder it created removes that folder again, so the corrected command needs no --resume and
+    finds no stray logs."""
     import functools
     import inspect
     import shutil
@@ -175,7 +174,8 @@ def leaves_nothing_on_bad_input(out_argument: str, marker: str):
             try:
                 return function(*args, **kwargs)
             except UserError:
-                if fresh and Path(out).is_dir() and not (Path(out) / marker).exists():
+                started = marker(Path(out)) if callable(marker) else (Path(out) / marker).exists()
+                if fresh and Path(out).is_dir() and not started:
                     shutil.rmtree(out, ignore_errors=True)
                 raise
 

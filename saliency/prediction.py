@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from discovery.errors import UserError, library_call
+from discovery.images import IMAGE_SUFFIXES
 from discovery.runtime import get_logger
 
 TYPES = ("map", "mask", "rgba", "overlay")
 DEFAULT_TYPES = ("rgba", "mask")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 RECORD = "predictions.json"
 OVERLAY_COLOUR = (255, 40, 40)
 
@@ -109,16 +109,6 @@ def render_outputs(rgb: np.ndarray, prob: np.ndarray, types, threshold: float, s
     return arrays
 
 
-def _encode_png(array: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 @library_call
 def predict(
     inputs,                           # image files, folders or glob patterns (a str, a Path or a list of them)
@@ -142,6 +132,7 @@ def predict(
     from discovery.images import read_image
     from discovery.io import atomic_write_bytes, check_writable, read_json, run_manifest, write_json
     from discovery.runtime import progress_bar
+    from saliency.pairs import encode_png
     from saliency.refine import REFINERS
     from saliency.segmenter import Segmenter, load_segmenter
 
@@ -215,7 +206,7 @@ def predict(
         if refine != "none":
             prob = REFINERS.get(refine)(prob, rgb, **(refine_options or {}))
         for kind, array in render_outputs(rgb, np.clip(prob, 0, 1), types, float(threshold), soft_alpha).items():
-            atomic_write_bytes(_encode_png(array), paths[kind], durable=False)
+            atomic_write_bytes(encode_png(array), paths[kind], durable=False)
         return {"input": str(photo), "outputs": {k: str(v) for k, v in paths.items()}, "size": [int(rgb.shape[1]), int(rgb.shape[0])],
                 "seconds": round(seconds + time.perf_counter() - begin, 4)}
 

@@ -195,11 +195,9 @@ def as_photo(image) -> np.ndarray:
 
     if isinstance(image, (str, Path)):
         return read_image(image, "RGB", exif=True)
-    try:
-        from PIL import Image, ImageOps
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
+    from PIL import Image, ImageOps
+
+    if isinstance(image, Image.Image):
         return as_rgb(np.asarray(to_8bit(ImageOps.exif_transpose(image)).convert("RGBA" if "A" in image.mode else "RGB")))
     array = np.asarray(image)
     if array.dtype == np.uint16:

@@ -23,7 +23,6 @@ import torch
 
 from discovery.errors import UserError, library_call
 from discovery.runtime import get_logger
-from saliency.prediction import IMAGE_SUFFIXES
 
 log = get_logger("self-train")
 SETTINGS = "self_train.json"
@@ -73,27 +72,6 @@ class _Subset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return self.dataset[self.indices[index]]
-
-
-def list_photos(images, list_file=None) -> list[Path]:
-    """The photos to label: every image of the folder, or those named in ``list_file`` (one stem a line)."""
-    folder = Path(images)
-    if not folder.is_dir():
-        raise UserError(f"--images {folder}: folder not found (expected unlabelled photos of the target domain)")
-    photos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if list_file is not None:
-        path = Path(list_file)
-        if not path.is_file():
-            raise UserError(f"--list {path}: file not found")
-        wanted = [Path(line.split()[0]).stem for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        by_stem = {p.stem: p for p in photos}
-        missing = [stem for stem in wanted if stem not in by_stem]
-        if missing:
-            raise UserError(f"--list {path}: {len(missing)} names are not photos in {folder} (e.g. {missing[0]!r})")
-        photos = [by_stem[stem] for stem in wanted]
-    if not photos:
-        raise UserError(f"--images {folder}: no photos found ({', '.join(IMAGE_SUFFIXES)})")
-    return photos
 
 
 def confidence_of(prob: np.ndarray) -> float:
@@ -176,7 +154,9 @@ def self_train(
     REFINERS.get(refine)
     out = Path(out)
     ensure_fresh_output(out, resume, SETTINGS)
-    photos = list_photos(images, list_file)
+    from discovery.generators.horse_training import list_training_images
+
+    photos = list_training_images(images, list_file)  # the photos (or the listed ones) of the folder, as train-gan reads them
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     first = load_segmenter(checkpoint, device)  # checked before anything is written
     image_size = int(image_size or first.training_size)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from discovery.errors import UserError, library_call
+from discovery.io import leaves_nothing_on_bad_input
 from discovery.runtime import RankContext, check_resume, pin_cuda_device, rank_context  # noqa: F401  (RankContext: API)
 from saliency.masks import KEPT, REASONS, MaskRule
 from saliency.pairs import (
@@ -554,7 +555,6 @@ def write_pairs(
 
             return read_json(out_dir / MANIFEST)  # already complete
     ctx.barrier()
-    fresh_folder = not out_dir.exists()  # made by this run: removed again if it fails before committing a pair
     if ctx.rank == 0 and not run_file.is_file():
         from discovery.io import run_manifest, write_json
 
@@ -595,14 +595,6 @@ def write_pairs(
             session_pairs, session_candidates = _run_rank(
                 synthesizer, unit_writer, ctx=ctx, quota=quota, done=done, start_step=start_step, skip=skip,
                 batch_size=batch_size, seed=seed, workers=workers, progress=progress and this_rank == 0, on_batch=on_batch)
-        except UserError:
-            # Bad input found only by generating (no mask passes the rule): a run that committed nothing
-            # leaves nothing, so the corrected command runs without --resume.
-            if fresh_folder and world == 1 and not committed_units(out_dir, this_rank, format):
-                import shutil
-
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise
         finally:
             torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
@@ -620,7 +612,14 @@ def write_pairs(
     return {"rank": this_rank, "pairs": quota, "session_pairs": session_pairs, "seconds": seconds, "manifest_written": False}
 
 
+def _committed_anything(out: Path) -> bool:
+    """Whether a synthesis run got as far as one committed unit (or shares its folder with other ranks)."""
+    progress = out / "progress"
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or (progress.is_dir() and any(progress.iterdir()))
+
+
 @library_call
+@leaves_nothing_on_bad_input("out", _committed_anything)  # bad input found only by generating (no mask passes the rule)
 def synthesize(
     directions,                       # directions.pt (any format discovery.load_directions reads) or a Directions
     out,                              # folder for shards/ or images/ + masks/, manifest.json, preview.png

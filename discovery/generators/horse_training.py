@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from discovery.errors import UserError
+from discovery.images import IMAGE_SUFFIXES
 from discovery.runtime import check_resume, get_logger, rng_state, set_rng_state
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SNAPSHOT_NAME = "snapshot.pt"
 GENERATOR_NAME = "generator.pt"
 
@@ -107,7 +107,7 @@ def list_training_images(images_dir: str | Path, list_file: str | Path | None = 
             raise UserError(f"--list {list_file}: names no images (empty)")
         by_stem: dict[str, Path] = {}
         for path in sorted(images_dir.iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
                 by_stem.setdefault(path.stem, path)
                 by_stem.setdefault(path.name, path)
         missing = [name for name in names if name not in by_stem]
@@ -115,10 +115,10 @@ def list_training_images(images_dir: str | Path, list_file: str | Path | None = 
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
             raise UserError(f"--list {list_file}: {len(missing)} of {len(names)} named images are not in {images_dir} ({shown})")
         return list(dict.fromkeys(by_stem[name] for name in names))
-    paths = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         hint = f"; it has an images/ sub-folder: pass --images {images_dir / 'images'}" if (images_dir / "images").is_dir() else ""
-        raise UserError(f"--images {images_dir}: holds no image files ({', '.join(IMAGE_EXTENSIONS)}){hint}")
+        raise UserError(f"--images {images_dir}: holds no image files ({', '.join(IMAGE_SUFFIXES)}){hint}")
     return paths
 
 
