@@ -1,4 +1,4 @@
-"""Images per second of the BigGAN-family generators, per architecture, batch size and precision.
+"""Images per second of the generators (BigGAN family, StyleGAN2, StyleGAN3-T), per architecture, batch size and precision.
 
 Each generator is built with seeded random weights (the speed does not depend on their values;
 no real checkpoint is needed) and timed in eval mode under ``torch.inference_mode``:
@@ -36,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from discovery.generators.biggan import BIGBIGAN_128, BIGGAN_128, BigGANGenerator  # noqa: E402
 from discovery.generators.biggan_deep import BigGANDeepConfig, BigGANDeepGenerator  # noqa: E402
+from discovery.generators.stylegan import StyleGANGenerator  # noqa: E402
+from discovery.generators.stylegan2 import StyleGAN2Generator  # noqa: E402
+from discovery.generators.stylegan3 import StyleGAN3Generator  # noqa: E402
 from machine import machine_info
 
 ARCHITECTURES = {
@@ -44,6 +47,13 @@ ARCHITECTURES = {
     "biggan-deep-512": lambda: BigGANDeepGenerator(BigGANDeepConfig.for_resolution(512)),
     "biggan-128": lambda: BigGANGenerator(BIGGAN_128, conditional=True, name="biggan-128"),
     "bigbigan-128": lambda: BigGANGenerator(BIGBIGAN_128, conditional=False, name="bigbigan-128"),
+    # StyleGAN at 256 px, timed in Z (mapping + synthesis): StyleGAN2's paper256 config (channel base
+    # 16384, 8 mapping layers), StyleGAN3-T with its default channel base 32768 and 2 mapping layers.
+    # On CUDA their fp32 rows already run the highest resolutions in float16, as NVlabs' code does.
+    "stylegan2-256": lambda: StyleGANGenerator(StyleGAN2Generator(img_resolution=256, channel_base=16384, num_fp16_res=4,
+                                                                  mapping_kwargs={"num_layers": 8}), space="z", name="stylegan2-256"),
+    "stylegan3-t-256": lambda: StyleGANGenerator(StyleGAN3Generator(img_resolution=256), space="z", architecture="stylegan3",
+                                                 name="stylegan3-t-256"),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -74,8 +84,10 @@ def time_calls(call, device: torch.device, warmup: int, seconds: float, min_call
 
 def benchmark(name: str, batch_sizes, precisions, memory_formats, compile_modes, device, warmup, seconds, log) -> list[dict]:
     rows = []
+    torch.manual_seed(0)
     base = ARCHITECTURES[name]()
-    base.model.initialize_random(seed=0)
+    if hasattr(base, "model"):
+        base.model.initialize_random(seed=0)
     base.eval().requires_grad_(False)
     for precision in precisions:
         for channels_last in memory_formats:

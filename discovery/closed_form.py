@@ -135,16 +135,24 @@ def _builtin_latent_weight(generator) -> LatentLayer | None:
     return None
 
 
-def find_latent_layer(generator) -> LatentLayer:
-    """The first affine layer that consumes z (see the module docstring); UserError if there is none."""
+def find_latent_layer(generator, layers=None) -> LatentLayer:
+    """The first affine layer that consumes z (see the module docstring); UserError if there is none.
+
+    ``layers`` goes to a generator whose ``latent_weight(layers)`` stacks several layers' weights
+    (StyleGAN's modulations); such a weight may act on a smaller space than the latent (w inside
+    W+) when the generator can ``lift_directions`` back into its latent."""
     dim = int(generator.dim_z)
     declared = getattr(generator, "latent_weight", None)
+    if layers is not None and not (callable(declared) and _accepts_keyword(declared, "layers")):
+        raise UserError(f"--layers {layers}: generator {getattr(generator, 'name', 'custom')!r} has no layer choice for SeFa "
+                        "(it applies to generators with modulated layers, such as stylegan)")
     if declared is not None:
-        weight = declared() if callable(declared) else declared
+        weight = (declared(layers=layers) if layers is not None else declared()) if callable(declared) else declared
         weight = torch.as_tensor(weight).detach()
-        if weight.ndim != 2 or weight.shape[1] != dim:
+        liftable = callable(getattr(generator, "lift_directions", None))
+        if weight.ndim != 2 or (weight.shape[1] != dim and not liftable):
             raise UserError(f"generator.latent_weight has shape {tuple(weight.shape)}; expected (features, {dim})")
-        return LatentLayer("latent_weight", weight, None)
+        return LatentLayer("latent_weight" if layers is None else f"latent_weight[{layers}]", weight, None)
     named = getattr(generator, "latent_layer", None)
     z, condition = _probe_latents(generator)
     calls = _trace_calls(generator, z, condition)
@@ -192,7 +200,16 @@ def _latent_std(generator, directions: torch.Tensor, n: int = 1024, seed: int = 
 # SeFa
 
 
-def discover_sefa(generator, *, top_k: int | None = None, normalize: bool = True) -> Directions:
+def _accepts_keyword(function, keyword: str) -> bool:
+    import inspect
+
+    try:
+        return keyword in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def discover_sefa(generator, *, top_k: int | None = None, normalize: bool = True, layers=None) -> Directions:
     """SeFa: top eigenvectors of W^T W for the first latent-to-feature weight W (features, dim_z).
 
     ``stats["eigenvalues"]`` (K) are those of W^T W; ``shift_scale`` is 3 standard deviations
@@ -202,16 +219,19 @@ def discover_sefa(generator, *, top_k: int | None = None, normalize: bool = True
 
     started = time.perf_counter()
     dim = int(generator.dim_z)
-    if top_k is not None and not 1 <= top_k <= dim:
-        raise UserError(f"--top-k {top_k}: must be between 1 and the latent size {dim}")
-    layer = find_latent_layer(generator)
+    layer = find_latent_layer(generator, layers)
     weight = layer.weight.detach().double().cpu()
+    space_dim = int(weight.shape[1])  # the latent size, or w's inside W+
+    if top_k is not None and not 1 <= top_k <= space_dim:
+        raise UserError(f"--top-k {top_k}: must be between 1 and the size {space_dim} of the space SeFa factorises")
     if normalize:
         weight = weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
     values, vectors = torch.linalg.eigh(weight.T @ weight)
     values, vectors = values.flip(0), vectors.flip(1).T
-    k = top_k or dim
+    k = top_k or space_dim
     matrix = canonical_signs(vectors[:k])
+    if space_dim != dim:
+        matrix = generator.lift_directions(matrix, layers).double()
     std = _latent_std(generator, matrix)
     total = float(values.clamp_min(0).sum())
     return Directions(
@@ -225,7 +245,7 @@ def discover_sefa(generator, *, top_k: int | None = None, normalize: bool = True
             "shift_scales": (3.0 * std).tolist(),
         },
         manifest=run_manifest(method="sefa", layer=layer.name, weight_shape=list(layer.weight.shape), normalize=normalize,
-                              top_k=k, seconds=time.perf_counter() - started),
+                              top_k=k, layers=layers, seconds=time.perf_counter() - started),
     )
 
 
@@ -355,6 +375,11 @@ def discover_ganspace(generator, *, samples: int = 4096, layer: str | None = Non
     features = _collect_features(generator, layer, latents, conditions, batch_size)
     k = min(top_k or dim, samples - 1, features.shape[1])
     components, variances, total = principal_components(features, k)
+    if top_k is None and variances.numel() and float(variances[0]) > 0:
+        # components past the features' rank carry no variance (e.g. StyleGAN's W+, where sampled
+        # latents repeat one w per layer): keep only those that explain something
+        k = max(1, int((variances > 1e-6 * variances[0]).sum()))
+        components, variances = components[:k], variances[:k]
     centered = features - features.mean(0)
     scores = (centered.double() @ components.double().T)  # (N, k)
     z = latents.detach().double().cpu()
@@ -409,11 +434,13 @@ def run_ganspace(generator, out_dir=None, *, samples: int = 4096, layer: str | N
     description="SeFa (Shen & Zhou 2021): eigenvectors of W^T W of the first latent-to-feature layer, closed form",
     options=(
         MethodOption("top_k", "keep the top-k directions (None: all)", int),
+        MethodOption("layers", "StyleGAN: the modulated layers whose weights are factorised, e.g. 0-3 (None: all)", str),
         MethodOption("shift_scale", "chart and mask-rule shift scale (None: the method's own)", float),
     ),
 )
-def run_sefa(generator, out_dir=None, *, top_k: int | None = None, shift_scale: float | None = None) -> Directions:
-    directions = discover_sefa(generator, top_k=top_k)
+def run_sefa(generator, out_dir=None, *, top_k: int | None = None, layers: str | None = None,
+             shift_scale: float | None = None) -> Directions:
+    directions = discover_sefa(generator, top_k=top_k, layers=layers)
     if shift_scale is not None:
         directions.shift_scale = float(shift_scale)
     return directions

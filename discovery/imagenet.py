@@ -52,18 +52,20 @@ def class_name(index: int) -> str:
     return class_names()[index]
 
 
-def parse_classes(spec) -> list[int] | None:
+def parse_classes(spec, num_classes: int = NUM_CLASSES, names: bool = True) -> list[int] | None:
     """Turn a ``--classes`` value into a list of class indices in the given order (duplicates
     kept, so a class listed twice is drawn twice as often), or None for 'all'.
 
     Accepted: None or 'all' (uniform over the 1000 classes); an int; a string of comma-separated
     items, each an index (``207``), an index range (``151-268``), or a class name
-    (``golden retriever``); or a sequence of ints / names.
+    (``golden retriever``); or a sequence of ints / names. ``num_classes`` and ``names=False``
+    serve other conditional generators (a StyleGAN pickle's dataset labels have indices only).
     """
+    kind = "ImageNet indices or names" if names else f"label indices 0-{num_classes - 1}"
     if spec is None:
         return None
     if isinstance(spec, bool):
-        raise UserError(f"--classes {spec!r}: expected ImageNet indices or names, or 'all'")
+        raise UserError(f"--classes {spec!r}: expected {kind}, or 'all'")
     if isinstance(spec, int):
         items: Iterable = [spec]
     elif isinstance(spec, str):
@@ -73,7 +75,7 @@ def parse_classes(spec) -> list[int] | None:
     elif isinstance(spec, (list, tuple)) or (isinstance(spec, torch.Tensor) and spec.dim() == 1):
         items = [int(x) if isinstance(x, torch.Tensor) else x for x in spec]
     else:
-        raise UserError(f"--classes {spec!r}: expected ImageNet indices or names, or 'all'")
+        raise UserError(f"--classes {spec!r}: expected {kind}, or 'all'")
     indices: list[int] = []
     for item in items:
         if isinstance(item, str):
@@ -83,16 +85,18 @@ def parse_classes(spec) -> list[int] | None:
             if text.lower() == "all":
                 return None
             if re.fullmatch(r"\d+", text):
-                indices.append(_check_index(int(text), spec))
+                indices.append(_check_index(int(text), spec, num_classes))
             elif m := re.fullmatch(r"(\d+)\s*-\s*(\d+)", text):
-                lo, hi = _check_index(int(m[1]), spec), _check_index(int(m[2]), spec)
+                lo, hi = _check_index(int(m[1]), spec, num_classes), _check_index(int(m[2]), spec, num_classes)
                 if lo > hi:
                     raise UserError(f"--classes {text!r}: empty range")
                 indices.extend(range(lo, hi + 1))
-            else:
+            elif names:
                 indices.append(class_index(text))
+            else:
+                raise UserError(f"--classes {spec!r}: {text!r} is not a label index (expected {kind})")
         elif isinstance(item, int) and not isinstance(item, bool):
-            indices.append(_check_index(item, spec))
+            indices.append(_check_index(item, spec, num_classes))
         else:
             raise UserError(f"--classes {spec!r}: {item!r} is neither an index nor a class name")
     if not indices:
@@ -100,9 +104,9 @@ def parse_classes(spec) -> list[int] | None:
     return indices
 
 
-def _check_index(index: int, spec) -> int:
-    if not 0 <= index < NUM_CLASSES:
-        raise UserError(f"--classes {spec!r}: index {index} is outside 0-{NUM_CLASSES - 1}")
+def _check_index(index: int, spec, num_classes: int = NUM_CLASSES) -> int:
+    if not 0 <= index < num_classes:
+        raise UserError(f"--classes {spec!r}: index {index} is outside 0-{num_classes - 1}")
     return index
 
 
@@ -112,7 +116,7 @@ class ClassPolicy:
     def __init__(self, spec=None, num_classes: int = NUM_CLASSES):
         self.spec = spec
         self.num_classes = num_classes
-        self.indices = parse_classes(spec)
+        self.indices = parse_classes(spec, num_classes)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n class indices (int64, CPU) drawn from ``generator``."""

@@ -16,7 +16,7 @@ from discovery.generators.registry import (
 )
 
 # Built-in generators (each module registers itself).
-from discovery.generators import procedural, tiny_dcgan, horse, biggan, biggan_deep  # noqa: E402,F401  isort: skip
+from discovery.generators import procedural, tiny_dcgan, horse, biggan, biggan_deep, stylegan  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "LatentGenerator",

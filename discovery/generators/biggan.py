@@ -317,7 +317,7 @@ def load_biggan(path: str | Path, config: BigGANConfig, *, name: str, filename: 
         "anvoynov/GANLatentDiscovery (https://www.dropbox.com/s/zte4oein08ajsij/pretrained_biggan.tar); no checksum is published",
     ),
 )
-def build_biggan_128(weights=None, classes=None, truncation=None, **_):
+def build_biggan_128(weights=None, classes=None, truncation=None):
     if truncation is not None:
         raise UserError("--truncation applies to biggan-deep-* only; biggan-128 draws z ~ N(0, I)")
     if weights is None:
@@ -334,7 +334,7 @@ def build_biggan_128(weights=None, classes=None, truncation=None, **_):
         note="the BigBiGAN_x1.pth conversion of anvoynov/BigGANsAreWatching; no checksum is published, the file is checked by strict key/shape loading",
     ),
 )
-def build_bigbigan_128(weights=None, classes=None, truncation=None, **_):
+def build_bigbigan_128(weights=None, classes=None, truncation=None):
     if classes is not None and str(classes).strip().lower() not in ("all", "0"):
         raise UserError("--classes: bigbigan-128 is unconditional (it always uses class 0)")
     if truncation is not None:

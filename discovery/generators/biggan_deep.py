@@ -380,7 +380,7 @@ def _register(resolution: int) -> None:
     )
 
     @register_generator(name, description=f"BigGAN-deep {resolution} px, ImageNet class-conditional (pytorch-pretrained-BigGAN weights)", weights=source)
-    def build(weights=None, classes=None, truncation=None, **_):
+    def build(weights=None, classes=None, truncation=None):
         if weights is None:
             raise UserError(f"{name}: needs weights (--weights PATH: a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
         return load_biggan_deep(weights, resolution, classes=classes, truncation=1.0 if truncation is None else truncation)

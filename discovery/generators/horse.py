@@ -135,7 +135,7 @@ def generator_from_checkpoint(state: dict, name: str = "checkpoint") -> HorseGen
     description="Small unconditional GAN, 64 px, trained on Weizmann horses (train split, images only); the default",
     weights=WeightsSource(filename="horse64.pt", embedded="weights/horse64.pt"),
 )
-def build_horse64(weights=None, **_):
+def build_horse64(weights=None):
     if weights is None:
         raise UserError("horse-64: no weights file given")
     state = read_gan_file(weights, expected=f"a {GAN_FORMAT} generator file")

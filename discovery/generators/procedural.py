@@ -59,5 +59,5 @@ class ProceduralGenerator(LatentGenerator):
 
 
 @register_generator("procedural", description="Soft disc on a flat background; 5 known latent factors (tests, quick runs)")
-def build_procedural(weights=None, dim_z: int = 8, resolution: int = 32, **_):
+def build_procedural(weights=None, dim_z: int = 8, resolution: int = 32):
     return ProceduralGenerator(dim_z=dim_z, resolution=resolution)

@@ -34,7 +34,7 @@ class TinyDCGAN(LatentGenerator):
 
 
 @register_generator("tiny-dcgan", description="Untrained DCGAN with seeded weights (tests, smoke runs)", takes_weights=True)
-def build_tiny_dcgan(weights=None, dim_z: int = 32, resolution: int = 32, seed: int = 0, **_):
+def build_tiny_dcgan(weights=None, dim_z: int = 32, resolution: int = 32, seed: int = 0):
     generator = TinyDCGAN(dim_z=dim_z, resolution=resolution, seed=seed)
     if weights is not None:
         from discovery.checkpoints import load_state_dict_strict

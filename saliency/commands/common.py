@@ -15,19 +15,24 @@ def add_generator_arguments(parser: argparse.ArgumentParser, default: str | None
     group.add_argument(
         "--classes", default=None, help="class-conditional models: comma-separated ImageNet indices or names, or 'all'"
     )
-    group.add_argument("--truncation", type=float, default=None, help="BigGAN-deep truncation in (0, 1]")
+    group.add_argument("--truncation", type=float, default=None,
+                       help="BigGAN-deep: truncation in (0, 1] (default 1); StyleGAN: psi about w_avg (default 1 = none)")
+    group.add_argument("--space", choices=("z", "w", "w+"), default=None,
+                       help="StyleGAN: the latent space shifts are applied in (default w)")
+    group.add_argument("--noise-mode", choices=("const", "random", "none"), default=None,
+                       help="StyleGAN2: per-pixel noise inputs, const = the stored maps, deterministic (default const)")
+    group.add_argument("--network-key", default=None,
+                       help="StyleGAN: which network of the file (default G_ema for NVlabs pickles, g_ema for rosinality .pt)")
+    group.add_argument("--channel-multiplier", type=int, default=None,
+                       help="rosinality StyleGAN2 .pt: channel multiplier, checked against the file (default: read from it)")
+
+
+GENERATOR_FLAGS = ("classes", "truncation", "space", "noise_mode", "network_key", "channel_multiplier")
 
 
 def generator_options(args: argparse.Namespace) -> dict:
     """The generator keyword options a user set (kept in the directions file for later stages)."""
-    options = {}
-    if getattr(args, "classes", None) is not None:
-        options["classes"] = args.classes
-    if getattr(args, "truncation", None) is not None:
-        if not 0 < args.truncation <= 1:
-            raise UserError(f"--truncation {args.truncation}: must be in (0, 1]")
-        options["truncation"] = args.truncation
-    return options
+    return {name: getattr(args, name) for name in GENERATOR_FLAGS if getattr(args, name, None) is not None}
 
 
 def _flag(name: str) -> str:
