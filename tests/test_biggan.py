@@ -33,7 +33,7 @@ from discovery.generators.biggan_deep import (
     BigGANDeepNetwork,
     TruncatedStatsBatchNorm,
 )
-from discovery.generators.layers import spectral_norm_layers, truncated_normal
+from discovery.generators.layers import derive_spectral_v, spectral_norm_layers, truncated_normal
 from discovery.imagenet import ClassPolicy, class_name, parse_classes
 from discovery.weights import resolve_weights
 
@@ -147,6 +147,45 @@ def test_biggan_deep_file_path_without_weight_v_and_without_config(deep128, tmp_
         assert math.isclose(float(ours.sigma()), float((w.t() @ theirs.weight_u).norm()), rel_tol=1e-5)
         assert math.isclose(float(ours.sigma()), float(theirs.sigma()), rel_tol=0.1)
         assert torch.isfinite(ours.weight_sn).all()
+
+
+def test_missing_weight_v_is_derived_as_torchs_spectral_norm_loader_does():
+    """Against torch.nn.utils.spectral_norm itself: a state dict of the layout torch wrote before it
+    kept v (weight_orig, weight_u and the normalised weight) is completed by torch's load hook;
+    the package derives the same v, so eval-mode weights and outputs agree."""
+    torch.manual_seed(0)
+    for layer in (torch.nn.Linear(24, 40), torch.nn.Conv2d(6, 5, 3), torch.nn.Conv2d(16, 8, 1)):
+        trained = torch.nn.utils.spectral_norm(layer)
+        for _ in range(5):  # a few training steps' power iterations, as a trained file has
+            trained(torch.randn(2, 24) if isinstance(layer, torch.nn.Linear) else torch.randn(2, layer.in_channels, 6, 6))
+        trained.eval()
+        old = {"weight_orig": trained.weight_orig.detach().clone(), "weight_u": trained.weight_u.clone(),
+               "weight": trained.weight.detach().clone(), "bias": trained.bias.detach().clone()}
+        reference = torch.nn.utils.spectral_norm(type(layer)(*([24, 40] if isinstance(layer, torch.nn.Linear) else [layer.in_channels, layer.out_channels, layer.kernel_size])))
+        reference.load_state_dict(dict(old))  # no version metadata: torch's hook solves for v
+        v = derive_spectral_v(old["weight_orig"], old["weight_u"], old["weight"])
+        if isinstance(layer, torch.nn.Linear):  # W tall: v is unique (for wide W torch's pinv of W^T W picks another, same sigma)
+            torch.testing.assert_close(v, reference.weight_v, atol=1e-5, rtol=1e-4)
+        reference.eval()
+        reference(torch.randn(2, 24) if isinstance(layer, torch.nn.Linear) else torch.randn(2, layer.in_channels, 6, 6))  # sets .weight
+        sigma = torch.dot(old["weight_u"], old["weight_orig"].reshape(old["weight_orig"].shape[0], -1) @ v)
+        torch.testing.assert_close(old["weight_orig"] / sigma, reference.weight.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_biggan_deep_file_of_the_old_spectral_norm_layout_gives_the_reference_images(deep128, tmp_path):
+    folder, state = deep128
+    reference = BigGANDeepNetwork(BigGANDeepConfig.for_resolution(128))
+    reference.load_state_dict(state)
+    old = {k: v for k, v in state.items() if not k.endswith(".weight_v")}
+    for name, layer in reference.named_modules():
+        if hasattr(layer, "weight_v"):  # torch before v: the normalised weight stored instead
+            old[f"{name}.weight"] = (layer.weight_orig / layer.sigma()).detach()
+    torch.save(old, tmp_path / "pytorch_model.bin")
+    generator = create_generator("biggan-deep-128", weights=tmp_path / "pytorch_model.bin", truncation=0.5)
+    z = generator.sample_latent(2, torch.Generator().manual_seed(0))
+    classes = torch.tensor([1, 207])
+    with torch.no_grad():
+        torch.testing.assert_close(generator.model(z, classes, 0.5), reference(z, classes, 0.5), atol=1e-4, rtol=1e-4)
 
 
 def test_biggan_128_loads_g_ema_from_file_or_folder(biggan128):

@@ -196,6 +196,29 @@ def initialize_random(module: nn.Module, seed: int = 0, std: float = 0.02) -> nn
     return module
 
 
+def derive_spectral_v(weight_orig: torch.Tensor, u: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``weight_v`` a torch-layout spectral-norm file lacks.
+
+    Files written before torch kept ``v`` store the normalised ``weight`` instead; torch's own
+    loader then solves ``W v = u`` (least squares) and rescales v so that ``u . (W v)`` is the
+    stored ratio ``sigma = weight_orig / weight``, which makes eval-mode outputs equal the
+    stored weight's. Without ``weight`` either, the half power-iteration step ``v = normalize(W^T u)``
+    is the best available (torch itself would leave v random).
+    """
+    matrix = weight_orig.double().reshape(weight_orig.shape[0], -1)
+    u = u.double()
+    if weight is None:
+        return F.normalize(matrix.t() @ u, dim=0, eps=1e-12).float()
+    # the ratio weight_orig / weight, as a least-squares fit (torch's elementwise mean is NaN where both are 0)
+    sigma = (weight_orig.double() * weight.double()).sum() / weight.double().square().sum().clamp_min(1e-30)
+    # v = pinv(W) u, through the smaller Gram matrix (torch forms W^T W, which is (in*k*k)^2)
+    if matrix.shape[0] <= matrix.shape[1]:
+        v = matrix.t() @ (torch.linalg.pinv(matrix @ matrix.t()) @ u)
+    else:
+        v = torch.linalg.pinv(matrix.t() @ matrix) @ (matrix.t() @ u)
+    return (v * (sigma / torch.dot(u, matrix @ v))).float()
+
+
 def load_generator_state(module: nn.Module, path: str | Path, expected: str, optional_suffixes: Iterable[str] = ()) -> list[str]:
     """Load a checkpoint file into ``module`` exactly (see ``load_state_dict_strict``).
 
@@ -227,15 +250,19 @@ def load_generator_state(module: nn.Module, path: str | Path, expected: str, opt
         # torch's own loader accepts either, and so do we.
         if key in own and value.numel() == 1 and own[key].numel() == 1 and value.shape != own[key].shape:
             state[key] = value.reshape(own[key].shape)
+    derived = 0
     for key in absent:
         prefix = key[: -len("weight_v")]
         if key.endswith(".weight_v") and prefix + "weight_orig" in state and prefix + "weight_u" in state:
-            # torch-layout file without v: take the half power-iteration step torch's converter took.
-            weight = state[prefix + "weight_orig"].float()
             try:
-                state[key] = F.normalize(weight.reshape(weight.shape[0], -1).t() @ state[prefix + "weight_u"].float(), dim=0, eps=1e-12)
+                state[key] = derive_spectral_v(state[prefix + "weight_orig"], state[prefix + "weight_u"], state.pop(prefix + "weight", None))
+                derived += 1
             except RuntimeError:
                 pass  # inconsistent shapes: the strict comparison below reports them
+    if derived:
+        from discovery.runtime import get_logger
+
+        get_logger("generators").info(f"{path}: {derived} spectral-norm layers have no weight_v; derived as torch's spectral-norm loader does")
     try:
         load_state_dict_strict(module, state, expected=expected, optional_keys=optional)
     except UserError as exc:
