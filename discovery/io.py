@@ -23,11 +23,39 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()  # what open() would give: colleagues on a shared server can read a run
 
 
+def fsync_folder(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to the disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where a folder has no file descriptor
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the file data itself is already flushed
+    finally:
+        os.close(fd)
+
+
+def fsync_files(paths) -> None:
+    """Flush files written earlier (without fsync) to the disk, then their folders."""
+    folders = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folders.add(Path(path).parent)
+    for folder in sorted(folders):
+        fsync_folder(folder)
+
+
 def _atomic_replace(path: Path, write, durable: bool = True) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file.
 
-    ``durable`` also flushes the file to the disk before the rename (power loss); a killed
-    process never leaves half a file either way."""
+    ``durable`` also flushes the file to the disk before the rename and the folder after it, so
+    the new file survives a power loss; a killed process never leaves half a file either way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -39,6 +67,8 @@ def _atomic_replace(path: Path, write, durable: bool = True) -> None:
                 os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files whatever the umask
         os.replace(tmp, path)
+        if durable:
+            fsync_folder(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -28,21 +28,33 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def download(url: str, destination: Path, sha256: str | None = None, timeout: float = 30.0) -> Path:
-    """Download ``url`` to ``destination`` with a progress bar, verify, then move into place."""
+    """Download ``url`` to ``destination`` with a progress bar, verify, then move into place.
+
+    A plain-http address is tried over https first (the same path); only when that fails is the
+    http address used, with a warning that names the file's sha256 when no checksum guards it."""
     from tqdm import tqdm
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as handle:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}") as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    handle.write(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        partial.unlink(missing_ok=True)
-        raise ConnectionError(str(exc)) from exc
+    attempts = ["https://" + url[len("http://"):], url] if url.startswith("http://") else [url]
+    for attempt, address in enumerate(attempts):
+        try:
+            with urllib.request.urlopen(address, timeout=timeout) as response, open(partial, "wb") as handle:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}") as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        handle.write(block)
+                        bar.update(len(block))
+            break
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            partial.unlink(missing_ok=True)
+            if attempt == len(attempts) - 1:
+                raise ConnectionError(str(exc)) from exc
+    if address.startswith("http://") and not sha256:
+        from discovery.runtime import get_logger
+
+        get_logger("download").warning(f"{destination.name} came over plain http ({address}) with no published checksum; "
+                                       f"its sha256 is {sha256_of(partial)}: compare it with a trusted copy")
     if sha256 and sha256_of(partial) != sha256:
         partial.unlink(missing_ok=True)
         raise UserError(f"{url}: downloaded file does not match its sha256 {sha256}; try again or download it by hand to {destination}")

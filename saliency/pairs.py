@@ -33,6 +33,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from discovery.errors import UserError
+from discovery.io import fsync_files, fsync_folder
 
 MANIFEST = "manifest.json"
 PAIRS_FORMAT = "saliency.pairs/1"
@@ -188,6 +189,7 @@ class ShardWriter(UnitWriter):
         record["file"] = f"shards/{final.name}"
         _write_json_durable(record, unit_record_path(self.out_dir, self.rank, self.unit))  # before the rename
         os.replace(tmp, final)
+        fsync_folder(final.parent)
 
     def abort(self):
         if self._handle is not None:
@@ -201,12 +203,18 @@ class ShardWriter(UnitWriter):
 class PngWriter(UnitWriter):
     storage = "png"
 
+    def _reset(self):
+        super()._reset()
+        self._written: list[Path] = []
+
     def _store(self, key, image_png, mask_png):
         # Image first, mask second: a pair is on disk once its mask is.
-        _write_replace(image_png, self.out_dir / "images" / f"{key}.png")
-        _write_replace(mask_png, self.out_dir / "masks" / f"{key}.png")
+        for data, path in ((image_png, self.out_dir / "images" / f"{key}.png"), (mask_png, self.out_dir / "masks" / f"{key}.png")):
+            _write_replace(data, path)
+            self._written.append(path)
 
     def _commit_unit(self, record):
+        fsync_files(self._written)  # the unit's PNGs reach the disk before the record that commits them
         _write_json_durable(record, unit_record_path(self.out_dir, self.rank, self.unit))
 
 

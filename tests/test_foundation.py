@@ -114,6 +114,42 @@ def test_offline_download_fails_with_where_to_put_the_file(tmp_path, monkeypatch
         resolve_weights(entry, tmp_path / "nope.pth")
 
 
+def test_plain_http_downloads_try_https_first_and_name_the_checksum_otherwise(tmp_path, monkeypatch, caplog):
+    import io
+    import logging
+
+    from discovery.weights import download, sha256_of
+
+    tried = []
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": "5"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def https_refused(url, timeout=None):
+        tried.append(url)
+        if url.startswith("https://"):
+            raise urllib.error.URLError("SSL: certificate verify failed")
+        return Response(b"hello")
+
+    monkeypatch.setattr("urllib.request.urlopen", https_refused)
+    with caplog.at_level(logging.WARNING, logger="saliency.download"):
+        path = download("http://example.org/data/set.zip", tmp_path / "set.zip")
+    assert tried == ["https://example.org/data/set.zip", "http://example.org/data/set.zip"]
+    assert path.read_bytes() == b"hello" and sha256_of(path) in caplog.text and "plain http" in caplog.text
+    tried.clear()
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout=None: tried.append(url) or Response(b"hello"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="saliency.download"):
+        download("http://example.org/data/set.zip", tmp_path / "again.zip")
+    assert tried == ["https://example.org/data/set.zip"] and "plain http" not in caplog.text
+
+
 def test_stats_logger_resume_cuts_back_to_the_checkpoint(tmp_path):
     logger = StatsLogger(tmp_path, tensorboard=False)
     for step in (10, 20, 30):

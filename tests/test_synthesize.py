@@ -1,6 +1,7 @@
 """Pair synthesis end to end on generators whose objects are known discs."""
 
 import json
+from pathlib import Path
 import tarfile
 
 import numpy as np
@@ -109,6 +110,45 @@ class LightingToy(nn.Module):
         disc = torch.sigmoid((radius[:, None, None] - distance) / G.edge)[:, None]
         step = 0.35 * torch.tanh(f[:, BACKGROUND] / 3)[:, None, None, None]
         return (disc * (0.3 + step) + (1 - disc) * (-0.3 - step)).expand(-1, 3, -1, -1)
+
+
+@pytest.mark.parametrize("storage", ["png", "shards"])
+def test_pairs_reach_the_disk_before_the_record_that_commits_them(procedural_generator, directions, tmp_path, monkeypatch, storage):
+    """Power-loss order: every file of a unit is fsynced before its unit record, and each rename's
+    folder after the rename (recorded through os.fsync's file descriptors)."""
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc to name the synced files")
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    out = tmp_path / "out"
+    synthesize(procedural_generator, directions, BACKGROUND, out, n=7, rule=INTENSITY, batch_size=8, shard_size=3, seed=3,
+               format=storage, progress=False, preview=0)
+    records = sorted(str(p) for p in (out / "progress").glob("r00-*.json"))
+    assert len(records) == 3
+    position = {path: synced.index(path) for path in synced if path in records or path.endswith(".png") or ".tar" in path}
+    for record in records:
+        unit = json.loads(open(record).read())
+        # atomic writes fsync the temporary file (".NAME.xxxx.tmp") before renaming it to NAME
+        record_sync = max(i for i, path in enumerate(synced) if Path(path).name.startswith(f".{Path(record).name}."))
+        if storage == "png":
+            keys = [f"{k:08d}" for k in range(int(unit["first_key"]), int(unit["last_key"]) + 1)]
+            files = [str(out / kind / f"{key}.png") for key in keys for kind in ("images", "masks") if (out / kind / f"{key}.png").exists()]
+            assert files and all(position[f] < record_sync for f in files), record
+            assert str(out / "images") in synced and str(out / "masks") in synced
+        else:
+            shard = str(out / unit["file"])
+            tmp_syncs = [i for i, path in enumerate(synced) if path.endswith(".tar.tmp") and Path(path).name.startswith(f".{Path(shard).name}")]
+            assert tmp_syncs and tmp_syncs[0] < record_sync, record
+            assert any(path == str(out / "shards") and i > record_sync for i, path in enumerate(synced))
+    assert str(out) in synced  # the manifest's rename, flushed in its folder
 
 
 def test_lighting_rule_end_to_end(procedural_generator, directions, tmp_path):
