@@ -123,23 +123,29 @@ def benchmark(name: str, batch_sizes, precisions, memory_formats, compile_modes,
     return rows
 
 
+def _machine_line(m: dict) -> str:
+    return (f"{m.get('gpu', m['cpu'])} ({m['device']}); CPU {m['cpu']}, {m['cpu_count']} cores, torch threads {m['torch_threads']}, "
+            f"load average at start {m.get('load_average_1_5_15', m.get('load_average'))}; torch {m['torch']}, {m['platform']}, {m.get('created', '')}")
+
+
 def markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [
-        "# Generator speed (images/s)",
+    # rows appended by later runs keep the machine they ran on (runs: one entry per invocation)
+    runs = result.get("runs") or [{"machine": result["machine"], "command": result["command"]}]
+    lines = ["# Generator speed (images/s)", ""]
+    for number, run in enumerate(runs, 1):
+        lines.append(f"Run {number}: {_machine_line(run['machine'])}; command: `{run['command']}`.")
+    lines += [
         "",
-        f"Machine: {m.get('gpu', m['cpu'])} ({m['device']}); CPU {m['cpu']}, {m['cpu_count']} cores, torch threads {m['torch_threads']}, "
-        f"load average at start {m['load_average_1_5_15']}; torch {m['torch']}, {m['platform']}.",
-        f"Random weights; median of >= {result['settings']['seconds']} s of calls after {result['settings']['warmup']} warm-up calls; "
-        f"command: `{result['command']}`.",
+        f"Random weights; median of >= {result['settings']['seconds']} s of calls after {result['settings']['warmup']} warm-up calls.",
         "",
-        "| generator | batch | precision | channels-last | compile | images/s | ms/call | CPU ms/call |",
-        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: |",
+        "| generator | batch | precision | channels-last | compile | images/s | ms/call | CPU ms/call | run |",
+        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in result["rows"]:
         speed = f"{row['images_per_s']:.2f}" if "images_per_s" in row else f"failed: {row['error']}"
         lines.append(f"| {row['generator']} | {row['batch']} | {row['precision']} | {'yes' if row['channels_last'] else 'no'} | "
-                     f"{'yes' if row['compile'] else 'no'} | {speed} | {row.get('ms_per_call', '')} | {row.get('cpu_ms_per_call', '')} |")
+                     f"{'yes' if row['compile'] else 'no'} | {speed} | {row.get('ms_per_call', '')} | {row.get('cpu_ms_per_call', '')} | "
+                     f"{row.get('run', 1)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,10 +193,14 @@ def main(argv=None) -> int:
                                     lambda line: print(line, flush=True))
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"generator_speed_{'cuda' if gpu else 'cpu'}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    result["runs"] = [{"machine": result["machine"], "command": result["command"]}]
     if args.append and out.with_suffix(".json").exists():
         previous = json.loads(out.with_suffix(".json").read_text())
+        runs = previous.get("runs") or [{"machine": previous["machine"], "command": previous["command"]}]
+        for row in result["rows"]:
+            row["run"] = len(runs) + 1
         result["rows"] = previous["rows"] + result["rows"]
-        result["command"] = previous["command"] + " ; " + result["command"]
+        result["runs"] = runs + result["runs"]
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
