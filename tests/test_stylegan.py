@@ -52,6 +52,27 @@ def test_official_1024_configs_have_the_published_parameter_and_entry_counts():
     assert "synthesis.L14_1024_3.up_filter" not in sg3.state_dict()  # the ToRGB layer has no filters
 
 
+def test_the_float16_layers_nvlabs_mark_run_in_half_precision_and_agree_with_float32(monkeypatch):
+    """On CUDA the layers marked use_fp16 run in float16; the same code path is exercised here on CPU."""
+    from discovery.generators import stylegan2
+
+    torch.manual_seed(0)
+    networks = [StyleGAN2Generator(z_dim=16, w_dim=16, img_resolution=32, channel_base=512, channel_max=32, num_fp16_res=2,
+                                   mapping_kwargs={"num_layers": 2}),
+                StyleGAN3Generator(z_dim=16, w_dim=16, img_resolution=32, channel_base=512, channel_max=32, num_layers=6, num_fp16_res=2)]
+    z = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    for network in networks:
+        with torch.no_grad():
+            full = network.eval()(z)
+            seen = []
+            monkeypatch.setattr(stylegan2, "runs_half", lambda device: seen.append(device) or True)
+            half = network(z)
+            monkeypatch.setattr(stylegan2, "runs_half", lambda device: device.type == "cuda")
+        assert seen and half.dtype == torch.float32 and torch.isfinite(half).all()
+        assert not torch.equal(half, full)  # float16 rounding shows: the half path really ran
+        assert (half - full).abs().max() < 0.02 * full.abs().max()
+
+
 # --- the reference outputs --------------------------------------------------------------------------------------
 
 

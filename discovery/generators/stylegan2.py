@@ -30,6 +30,11 @@ from discovery.generators.stylegan_ops import (
 NOISE_MODES = ("const", "random", "none")
 
 
+def runs_half(device: torch.device) -> bool:
+    """Whether layers marked use_fp16 run in float16 on ``device`` (CUDA only, as in NVlabs' code)."""
+    return device.type == "cuda"
+
+
 def _fp16_prenormalize(weight: torch.Tensor, styles: torch.Tensor):
     """Scale weights and styles before a float16 modulated convolution so it cannot overflow
     (demodulation removes the scale again)."""
@@ -118,7 +123,7 @@ class SynthesisBlock(nn.Module):
         self.num_torgb = 1
 
     def forward(self, x, img, ws, *, noise_mode: str = "const", force_fp32: bool = False):
-        half = self.use_fp16 and not force_fp32 and ws.device.type == "cuda"
+        half = self.use_fp16 and not force_fp32 and runs_half(ws.device)
         dtype = torch.float16 if half else torch.float32
         memory_format = torch.channels_last if half else torch.contiguous_format
         w_iter = iter(ws.unbind(dim=1))

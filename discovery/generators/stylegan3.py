@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from discovery.generators import stylegan2
 from discovery.generators.stylegan_ops import FullyConnected, MappingNetwork, add_bias, lrelu_gain_clamp, upfirdn2d
 
 
@@ -121,7 +122,7 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         if self.is_torgb:
             styles = styles / math.sqrt(self.in_channels * self.conv_kernel ** 2)
-        dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == "cuda") else torch.float32
+        dtype = torch.float16 if (self.use_fp16 and not force_fp32 and stylegan2.runs_half(x.device)) else torch.float32
         x = modulated_conv(x.to(dtype), self.weight, styles, demodulate=not self.is_torgb, padding=self.conv_kernel - 1,
                            input_gain=self.magnitude_ema.rsqrt())
         gain, slope = (1.0, 1.0) if self.is_torgb else (math.sqrt(2), 0.2)
