@@ -366,7 +366,7 @@ def test_imported_direction_formats_round_trip(tmp_path, capsys):
     ganspace = Directions.load(tmp_path / "ganspace.npz", "procedural")
     assert ganspace.stats["shift_scales"] == pytest.approx([2.0 * (i + 1) for i in range(count)])
     code, out, _ = _cli(capsys, "directions", "show", tmp_path / "bg_direction.pth", "--generator", "procedural")
-    assert code == 0 and "a shift of t moves z by t x the row" in out and "1 x dim_z 8" in out
+    assert code == 0 and "a shift of t moves the latent by t x the row" in out and "1 x dim_z 8" in out
     # A foreign file needs --generator; a dimension mismatch and NaN are one line each.
     code, _, err = _cli(capsys, "directions", "show", tmp_path / "matrix.npy")
     assert code == 2 and "pass --generator" in err

@@ -31,7 +31,7 @@ def describe(directions) -> list[str]:
                                                      if directions.manifest.get("imported_from") else ""),
         f"directions       {directions.count} x dim_z {directions.dim_z}",
         f"row norms        {float(norms.min()):.4g} .. {float(norms.max()):.4g}",
-        f"shift scale      {scale:g}: a shift of t moves z by t x the row (|row| x t in latent units); charts span "
+        f"shift scale      {scale:g}: a shift of t moves the latent by t x the row (|row| x t in latent units); charts span "
         f"+/-{scale:g}; the mask rules' paper shifts (lighting 5, intensity 26) are scaled by {scale:g}/6",
     ]
     if directions.background is not None:
@@ -45,7 +45,7 @@ def describe(directions) -> list[str]:
     for key, values in sorted(directions.stats.items()):
         if isinstance(values, list) and len(values) == directions.count and all(isinstance(v, (int, float)) for v in values):
             shown = ", ".join(f"{v:.3g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
-            lines.append(f"stats.{key:<11s}{shown}")
+            lines.append(f"stats.{key:<11s} {shown}" if len(key) >= 11 else f"stats.{key:<11s}{shown}")
     return lines
 
 
