@@ -76,6 +76,9 @@ def resolve_weights(entry, weights: str | Path | None) -> Path | None:
         path = Path(__file__).resolve().parent / source.embedded
         if not path.exists():
             raise UserError(f"{path}: the embedded weights of {entry.name!r} are missing from this installation; reinstall the package")
+        if source.sha256 and sha256_of(path) != source.sha256:
+            raise UserError(f"{path}: the embedded weights of {entry.name!r} do not match their sha256 {source.sha256} "
+                            "(modified or damaged installation); reinstall the package")
         return path
     target = cache_dir() / entry.name / source.filename
     wanted = [target / f for f in source.files] if source.files else [target]

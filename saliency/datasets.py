@@ -302,10 +302,19 @@ def _download(manifest: dict, root: Path) -> None:
     from discovery.weights import download, sha256_of
 
     record = []
+    previous = root / "download.json"
+    try:  # the sha256 of each archive as first downloaded: later uses must find the same file
+        known = {a["file"]: a["sha256"] for a in json.loads(previous.read_text())["archives"]} if previous.is_file() else {}
+    except (ValueError, KeyError, TypeError):
+        known = {}
     for item in manifest["downloads"]:
         archive = root / item["filename"]
         if not archive.exists():
             download(item["url"], archive, item.get("sha256"))
+        expected = item.get("sha256") or known.get(item["filename"])
+        if expected and sha256_of(archive) != expected:
+            raise UserError(f"{archive}: its sha256 is not the {expected} {'published' if item.get('sha256') else 'recorded at its first download'}"
+                            f"; delete it and download it again from {item['url']}")
         try:
             with zipfile.ZipFile(archive) as bundle:
                 for member in bundle.namelist():

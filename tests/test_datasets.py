@@ -202,6 +202,14 @@ def test_download_unpacks_the_official_archives(tmp_path, monkeypatch):
     assert all(len(a["sha256"]) == 64 for a in record["archives"])
     D.open_dataset("ECSSD", tmp_path / "ECSSD")  # found on disk now: no second download
     assert len(fetched) == 2
+    # An archive that changed since its first download is not unpacked again.
+    import shutil
+
+    shutil.rmtree(tmp_path / "ECSSD" / "images")
+    (tmp_path / "ECSSD" / "images.zip").write_bytes(_zip({"images/0001.jpg": buffer.getvalue()}))
+    with pytest.raises(UserError, match="recorded at its first download"):
+        D.open_dataset("ECSSD", tmp_path / "ECSSD")
+    assert not (tmp_path / "ECSSD" / "images").exists()
 
 
 def test_masks_of_any_format_binarised_at_128(tmp_path):

@@ -69,6 +69,19 @@ def test_horse64_is_listed_with_embedded_weights():
     assert get_entry("horse-64").weights.embedded == "weights/horse64.pt"
 
 
+def test_the_embedded_weights_are_checked_against_their_sha256(monkeypatch):
+    import dataclasses
+
+    from discovery.generators import create_generator, get_entry
+    from discovery.weights import resolve_weights, sha256_of
+
+    entry = get_entry("horse-64")
+    assert sha256_of(resolve_weights(entry, None)) == entry.weights.sha256
+    monkeypatch.setattr(entry, "weights", dataclasses.replace(entry.weights, sha256="0" * 64))
+    with pytest.raises(UserError, match="do not match their sha256"):
+        create_generator("horse-64")
+
+
 def test_horse64_rejects_a_foreign_file(tmp_path):
     from discovery.generators import create_generator
 

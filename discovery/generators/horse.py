@@ -133,7 +133,8 @@ def generator_from_checkpoint(state: dict, name: str = "checkpoint") -> HorseGen
 @register_generator(
     "horse-64",
     description="Small unconditional GAN, 64 px, trained on Weizmann horses (train split, images only); the default",
-    weights=WeightsSource(filename="horse64.pt", embedded="weights/horse64.pt"),
+    weights=WeightsSource(filename="horse64.pt", embedded="weights/horse64.pt",
+                          sha256="117f3ddc3e97843ab959b1ea3bbbad86004eff03da36e10a591b76a53c36d9f4"),
 )
 def build_horse64(weights=None):
     if weights is None:
