@@ -88,8 +88,9 @@ class Explorer:
             return "class: the generator's policy"
         from discovery.imagenet import parse_classes
 
+        labels = getattr(self.generator, "c_dim", None)  # StyleGAN pickles: dataset label indices, not ImageNet
         try:
-            classes = parse_classes(text)
+            classes = parse_classes(text, num_classes=labels, names=False) if labels else parse_classes(text)
         except UserError as exc:
             return str(exc)
         self.class_index = int(classes[0]) if classes else None
@@ -97,8 +98,9 @@ class Explorer:
 
     def set_truncation(self, value: float) -> None:
         if self.has_truncation:
-            if not 0 < float(value) <= 1:
-                raise UserError(f"truncation {value}: must be in (0, 1]")
+            lowest_open = not hasattr(self.generator, "w_dim")  # BigGAN-deep needs > 0; StyleGAN's psi 0 is w_avg itself
+            if not (0 < float(value) if lowest_open else 0 <= float(value)) or float(value) > 1:
+                raise UserError(f"truncation {value}: must be in {'(0, 1]' if lowest_open else '[0, 1]'}")
             self.generator.truncation = float(value)
 
     # ---- choices offered in the page

@@ -336,3 +336,22 @@ def test_every_method_and_the_pipeline_run_on_a_stylegan_pickle(tmp_path, capsys
                         "--val-pairs", "2", "--workers", "0", "--device", "cpu", "--no-progress")
     assert code == 0, err
     assert (seg / "segmenter.pt").is_file()
+
+
+def test_the_explorer_drives_a_stylegan_pickle(tmp_path):
+    from saliency.explorer import Explorer
+
+    found = discovery.discover("stylegan", "sefa", out=tmp_path / "w", weights=FIXTURES / "sg2-16.pkl", charts=0, progress=False,
+                               device="cpu")
+    explorer = Explorer(tmp_path / "w" / "directions.pt")
+    assert explorer.has_truncation and not explorer.conditional
+    explorer.set_truncation(0.0)  # psi 0: every latent is w_avg
+    latents, _ = explorer.latents(0, 3)
+    assert (latents - latents[:1]).abs().max() < 1e-6
+    row = explorer.images(0, 3, [])
+    assert not (explorer.images(0, 3, [(found.background["index"], 3.0)]) == row).all()
+    found = discovery.discover("stylegan", "ganspace", out=tmp_path / "z", weights=FIXTURES / "sg2-16-cond.pkl",
+                               generator_options={"space": "z"}, samples=32, charts=0, progress=False, device="cpu")
+    conditional = Explorer(tmp_path / "z" / "directions.pt")
+    assert conditional.conditional
+    assert conditional.set_class("2") == "class 2" and "outside 0-3" in conditional.set_class("7")
