@@ -127,9 +127,16 @@ class SynthesisLayer(nn.Module):
                            input_gain=self.magnitude_ema.rsqrt())
         gain, slope = (1.0, 1.0) if self.is_torgb else (math.sqrt(2), 0.2)
         px0, px1, py0, py1 = self.padding
+        # the filters are depthwise convolutions, about twice as fast on channels-last tensors (CPU, measured)
+        try:
+            x = x.contiguous(memory_format=torch.channels_last)
+        except RuntimeError:
+            pass  # under torch.func's vmap (the Hessian's batched HVPs) the memory format cannot be chosen
         x = upfirdn2d(add_bias(x, self.bias), self.up_filter, up=self.up_factor, padding=(px0, px1, py0, py1), gain=self.up_factor ** 2)
-        x = lrelu_gain_clamp(x, slope=slope, gain=gain, clamp=self.conv_clamp)
-        return upfirdn2d(x, self.down_filter, down=self.down_factor)
+        # clamp(gain * lrelu(x), c) == gain * clamp(lrelu(x), c / gain): the gain rides on the (linear) down filter,
+        # which saves a pass over the largest tensor of the layer
+        x = lrelu_gain_clamp(x, slope=slope, gain=1.0, clamp=None if self.conv_clamp is None else self.conv_clamp / gain)
+        return upfirdn2d(x, self.down_filter, down=self.down_factor, gain=gain)
 
 
 class SynthesisNetwork(nn.Module):

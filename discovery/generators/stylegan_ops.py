@@ -70,15 +70,25 @@ def _fir_along(x: torch.Tensor, kernel: torch.Tensor, up: int, down: int, pad0: 
     channels, taps = x.shape[1], kernel.shape[0]
     shape, stride = ((1, taps), (1, up)) if axis == 3 else ((taps, 1), (up, 1))
     weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, 1, 1)
-    pads = (lambda lo, hi: [lo, hi, 0, 0]) if axis == 3 else (lambda lo, hi: [0, 0, lo, hi])
     if up > 1:
         # the full convolution of the zero-stuffed signal, shifted and cut to the padded "valid" window
-        x = F.pad(F.conv_transpose2d(x, weight, stride=stride, groups=channels), pads(pad0 - (taps - 1), up + pad1 - taps))
+        x = _pad_or_crop(F.conv_transpose2d(x, weight, stride=stride, groups=channels), pad0 - (taps - 1), up + pad1 - taps, axis)
         if down > 1:
             x = x[:, :, :, ::down] if axis == 3 else x[:, :, ::down, :]
         return x
     down_stride = (1, down) if axis == 3 else (down, 1)
-    return F.conv2d(F.pad(x, pads(pad0, pad1)), weight.flip([2, 3]), stride=down_stride, groups=channels)
+    return F.conv2d(_pad_or_crop(x, pad0, pad1, axis), weight.flip([2, 3]), stride=down_stride, groups=channels)
+
+
+def _pad_or_crop(x: torch.Tensor, before: int, after: int, axis: int) -> torch.Tensor:
+    """Zero-pad (positive) or crop (negative) ``axis``; crops are views and nothing is copied when both are 0."""
+    if before < 0 or after < 0:
+        stop = x.shape[axis] - max(-after, 0)
+        x = x.narrow(axis, max(-before, 0), stop - max(-before, 0))
+        before, after = max(before, 0), max(after, 0)
+    if before == 0 and after == 0:
+        return x
+    return F.pad(x, [before, after, 0, 0] if axis == 3 else [0, 0, before, after])
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
