@@ -17,7 +17,7 @@ from torch import nn
 
 from discovery.generators.stylegan_ops import (
     FullyConnected,
-    MappingNetwork,
+    MappedGenerator,
     add_bias,
     blur_filter,
     grouped_conv,
@@ -26,9 +26,6 @@ from discovery.generators.stylegan_ops import (
     upfirdn2d,
     upsample2d,
 )
-
-NOISE_MODES = ("const", "random", "none")
-
 
 def runs_half(device: torch.device) -> bool:
     """Whether layers marked use_fp16 run in float16 on ``device`` (CUDA only, as in NVlabs' code)."""
@@ -183,16 +180,8 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
-class StyleGAN2Generator(nn.Module):
-    """``mapping`` + ``synthesis``; ``forward(z, c, truncation_psi)`` as NVlabs' ``G(z, c)``."""
+class StyleGAN2Generator(MappedGenerator):
+    """StyleGAN2: 8 mapping layers unless the file says otherwise."""
 
-    def __init__(self, z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, img_resolution: int = 1024, img_channels: int = 3, *,
-                 mapping_kwargs: dict | None = None, **synthesis_kwargs):
-        super().__init__()
-        self.z_dim, self.c_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, c_dim, w_dim, img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
-
-    def forward(self, z, c=None, truncation_psi: float = 1.0, noise_mode: str = "const"):
-        return self.synthesis(self.mapping(z, c, truncation_psi=truncation_psi), noise_mode=noise_mode)
+    synthesis_network = SynthesisNetwork
+    default_mapping_layers = 8

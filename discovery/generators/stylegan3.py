@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from discovery.generators import stylegan2
-from discovery.generators.stylegan_ops import FullyConnected, MappingNetwork, add_bias, lrelu_gain_clamp, upfirdn2d
+from discovery.generators.stylegan_ops import FullyConnected, MappedGenerator, add_bias, lrelu_gain_clamp, upfirdn2d
 
 
 def lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, radial: bool = False) -> torch.Tensor | None:
@@ -188,16 +188,8 @@ class SynthesisNetwork(nn.Module):
         return (x * self.output_scale).float() if self.output_scale != 1 else x.float()
 
 
-class StyleGAN3Generator(nn.Module):
-    """``mapping`` + ``synthesis`` (StyleGAN3 has no noise inputs; ``noise_mode`` is accepted and ignored)."""
+class StyleGAN3Generator(MappedGenerator):
+    """StyleGAN3: 2 mapping layers unless the file says otherwise; it has no noise inputs (``noise_mode`` is ignored)."""
 
-    def __init__(self, z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, img_resolution: int = 1024, img_channels: int = 3, *,
-                 mapping_kwargs: dict | None = None, **synthesis_kwargs):
-        super().__init__()
-        self.z_dim, self.c_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, c_dim, w_dim, img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **{"num_layers": 2, **(mapping_kwargs or {})})
-
-    def forward(self, z, c=None, truncation_psi: float = 1.0, noise_mode: str = "const"):
-        return self.synthesis(self.mapping(z, c, truncation_psi=truncation_psi), noise_mode=noise_mode)
+    synthesis_network = SynthesisNetwork
+    default_mapping_layers = 2

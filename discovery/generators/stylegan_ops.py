@@ -183,3 +183,24 @@ class MappingNetwork(nn.Module):
             cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
             ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], truncation_psi)
         return ws
+
+
+class MappedGenerator(nn.Module):
+    """``mapping`` + ``synthesis``, ``forward(z, c, truncation_psi)`` as NVlabs' ``G(z, c)``.
+
+    StyleGAN2 and StyleGAN3 differ only in their synthesis network and the default mapping depth."""
+
+    synthesis_network: type  # set by the subclass
+    default_mapping_layers: int
+
+    def __init__(self, z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, img_resolution: int = 1024, img_channels: int = 3, *,
+                 mapping_kwargs: dict | None = None, **synthesis_kwargs):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, c_dim, w_dim, img_resolution, img_channels
+        self.synthesis = self.synthesis_network(w_dim, img_resolution, img_channels, **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws,
+                                      **{"num_layers": self.default_mapping_layers, **(mapping_kwargs or {})})
+
+    def forward(self, z, c=None, truncation_psi: float = 1.0, noise_mode: str = "const"):
+        return self.synthesis(self.mapping(z, c, truncation_psi=truncation_psi), noise_mode=noise_mode)
