@@ -39,6 +39,7 @@ from torch import nn
 from discovery.directions import Directions, canonical_signs
 from discovery.errors import UserError
 from discovery.generators.base import device_for, generate, parameter_dtype, slice_condition
+from discovery.registry import explicit_keywords
 
 _WEIGHTED = (nn.Linear, nn.ConvTranspose2d, nn.Conv2d, nn.ConvTranspose1d, nn.Conv1d)
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.PReLU, nn.Softplus, nn.Mish, nn.ReLU6, nn.CELU, nn.SELU)
@@ -143,7 +144,7 @@ def find_latent_layer(generator, layers=None) -> LatentLayer:
     W+) when the generator can ``lift_directions`` back into its latent."""
     dim = int(generator.dim_z)
     declared = getattr(generator, "latent_weight", None)
-    if layers is not None and not (callable(declared) and _accepts_keyword(declared, "layers")):
+    if layers is not None and not (callable(declared) and "layers" in (explicit_keywords(declared) or ())):
         raise UserError(f"--layers {layers}: generator {getattr(generator, 'name', 'custom')!r} has no layer choice for SeFa "
                         "(it applies to generators with modulated layers, such as stylegan)")
     if declared is not None:
@@ -198,15 +199,6 @@ def _latent_std(generator, directions: torch.Tensor, n: int = 1024, seed: int = 
 
 # ----------------------------------------------------------------------------------------------
 # SeFa
-
-
-def _accepts_keyword(function, keyword: str) -> bool:
-    import inspect
-
-    try:
-        return keyword in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def discover_sefa(generator, *, top_k: int | None = None, normalize: bool = True, layers=None) -> Directions:
@@ -407,7 +399,7 @@ def discover_ganspace(generator, *, samples: int = 4096, layer: str | None = Non
     )
 
 
-from discovery.methods import MethodOption, register_method  # noqa: E402  (registration at the end of the module)
+from discovery.methods import SHIFT_SCALE_OPTION, MethodOption, override_shift_scale, register_method  # noqa: E402  (registration at the end of the module)
 
 
 @register_method(
@@ -418,15 +410,13 @@ from discovery.methods import MethodOption, register_method  # noqa: E402  (regi
         MethodOption("layer", "feature layer (None: the first after the latent layer; 'latent': PCA of z itself)", str),
         MethodOption("top_k", "keep the top-k components (None: all)", int),
         MethodOption("batch_size", "latents per generator call", int),
-        MethodOption("shift_scale", "chart and mask-rule shift scale (None: the method's own)", float),
+        SHIFT_SCALE_OPTION,
     ),
 )
 def run_ganspace(generator, out_dir=None, *, samples: int = 4096, layer: str | None = None, top_k: int | None = None,
                  batch_size: int = 64, shift_scale: float | None = None, seed: int = 0, device=None) -> Directions:
     directions = discover_ganspace(generator, samples=samples, layer=layer, top_k=top_k, seed=seed, device=device, batch_size=batch_size)
-    if shift_scale is not None:
-        directions.shift_scale = float(shift_scale)
-    return directions
+    return override_shift_scale(directions, shift_scale)
 
 
 @register_method(
@@ -435,12 +425,10 @@ def run_ganspace(generator, out_dir=None, *, samples: int = 4096, layer: str | N
     options=(
         MethodOption("top_k", "keep the top-k directions (None: all)", int),
         MethodOption("layers", "StyleGAN: the modulated layers whose weights are factorised, e.g. 0-3 (None: all)", str),
-        MethodOption("shift_scale", "chart and mask-rule shift scale (None: the method's own)", float),
+        SHIFT_SCALE_OPTION,
     ),
 )
 def run_sefa(generator, out_dir=None, *, top_k: int | None = None, layers: str | None = None,
              shift_scale: float | None = None) -> Directions:
     directions = discover_sefa(generator, top_k=top_k, layers=layers)
-    if shift_scale is not None:
-        directions.shift_scale = float(shift_scale)
-    return directions
+    return override_shift_scale(directions, shift_scale)

@@ -361,7 +361,7 @@ def discover_hessian(generator, *, samples: int = 8, distance="mse", top_k: int 
 
 
 
-from discovery.methods import MethodOption, register_method  # noqa: E402  (registration at the end of the module)
+from discovery.methods import SHIFT_SCALE_OPTION, MethodOption, override_shift_scale, register_method  # noqa: E402  (registration at the end of the module)
 
 
 @register_method(
@@ -375,7 +375,7 @@ from discovery.methods import MethodOption, register_method  # noqa: E402  (regi
         MethodOption("top_k", "keep the top-k directions (None: all; Lanczos: 40)", int),
         MethodOption("exact", "full Hessian (--exact) or Lanczos on Hessian-vector products (--no-exact); None: exact up to dim_z 256", bool),
         MethodOption("batch_size", "Hessian-vector products per batch", int),
-        MethodOption("shift_scale", "chart and mask-rule shift scale (None: the method's own)", float),
+        SHIFT_SCALE_OPTION,
     ),
 )
 def run_hessian(generator, out_dir=None, *, samples: int = 8, distance: str = "mse", feature_net=None,
@@ -390,8 +390,7 @@ def run_hessian(generator, out_dir=None, *, samples: int = 8, distance: str = "m
         feature_net = load_feature_net(feature_net, trust=trust_feature_net)
     directions = discover_hessian(generator, samples=samples, distance=distance, top_k=top_k, exact=exact, feature_net=feature_net,
                                   batch_size=batch_size, seed=seed, device=device, progress=progress)
-    if shift_scale is not None:
-        directions.shift_scale = float(shift_scale)
+    override_shift_scale(directions, shift_scale)
     summary = {}
     if out_dir is not None:
         summary["spectrum"] = write_spectrum_report(directions, out_dir)

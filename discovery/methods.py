@@ -23,6 +23,16 @@ STANDARD_PARAMETERS = ("generator", "out_dir", "seed", "device", "progress", "re
 
 MethodOption = Option  # one option of a method: name, help, type, choices
 
+# The closed-form and Hessian methods let a user override the shift scale they derive themselves.
+SHIFT_SCALE_OPTION = MethodOption("shift_scale", "chart and mask-rule shift scale (None: the method's own)", float)
+
+
+def override_shift_scale(directions, shift_scale: float | None):
+    """``directions`` with ``shift_scale`` when one is given (``SHIFT_SCALE_OPTION``), else as found."""
+    if shift_scale is not None:
+        directions.shift_scale = float(shift_scale)
+    return directions
+
 
 @dataclass
 class DiscoveryMethod:
