@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterable
@@ -13,17 +14,21 @@ from torch import nn
 from discovery.errors import UserError
 
 
-def read_torch_file(path: str | Path, expected: str = "a PyTorch file"):
+def read_torch_file(path: str | Path, expected: str = "a PyTorch file", allowed_globals: tuple = ()):
     """``torch.load`` with ``weights_only=True`` on the CPU: tensors and plain containers only.
 
     A file that would need arbitrary Python objects (a pickled class, a ``__reduce__`` payload)
     is refused before any of its code runs; every failure is a one-line UserError.
+    ``allowed_globals`` names the few harmless classes a known format carries (rosinality's
+    training checkpoints hold an ``argparse.Namespace``).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (expected {expected})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols are not the user's concern
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # the file names a Python callable or class: code, not weights
             raise UserError(f"{path}: refused, it holds Python objects other than tensors and plain containers, "
@@ -34,9 +39,9 @@ def read_torch_file(path: str | Path, expected: str = "a PyTorch file"):
         raise UserError(f"{path}: not a readable checkpoint, truncated or corrupt (expected {expected}; {first_line[:200]})") from None
 
 
-def read_checkpoint(path: str | Path, expected: str = "a PyTorch checkpoint") -> dict:
+def read_checkpoint(path: str | Path, expected: str = "a PyTorch checkpoint", allowed_globals: tuple = ()) -> dict:
     """``read_torch_file`` for files that must hold a dict (state dicts, run checkpoints)."""
-    obj = read_torch_file(path, expected)
+    obj = read_torch_file(path, expected, allowed_globals)
     if not isinstance(obj, dict):
         raise UserError(f"{path}: holds a {type(obj).__name__}, expected {expected} (a dict)")
     return obj

@@ -113,10 +113,10 @@ def _check_index(index: int, spec, num_classes: int = NUM_CLASSES) -> int:
 class ClassPolicy:
     """Which classes a conditional generator draws: a fixed list (uniform over it) or all 1000."""
 
-    def __init__(self, spec=None, num_classes: int = NUM_CLASSES):
+    def __init__(self, spec=None, num_classes: int = NUM_CLASSES, names: bool = True):
         self.spec = spec
         self.num_classes = num_classes
-        self.indices = parse_classes(spec, num_classes)
+        self.indices = parse_classes(spec, num_classes, names)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n class indices (int64, CPU) drawn from ``generator``."""

@@ -9,10 +9,22 @@ An unknown name is a one-line ``UserError`` naming the option and the known name
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from discovery.errors import UserError
+
+
+def explicit_keywords(function: Callable) -> set[str] | None:
+    """The keyword parameters a callable names, or None when it takes any (``**kwargs``) or cannot be inspected."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 @dataclass(frozen=True)

@@ -298,13 +298,13 @@ def _expected_layout(manifest: dict) -> str:
 
 def _download(manifest: dict, root: Path) -> None:
     """Fetch and unpack the official archives into ``root``; ConnectionError when offline."""
-    from discovery.io import write_json
+    from discovery.io import read_json, write_json
     from discovery.weights import download, sha256_of
 
     record = []
     previous = root / "download.json"
     try:  # the sha256 of each archive as first downloaded: later uses must find the same file
-        known = {a["file"]: a["sha256"] for a in json.loads(previous.read_text())["archives"]} if previous.is_file() else {}
+        known = {a["file"]: a["sha256"] for a in read_json(previous)["archives"]} if previous.is_file() else {}
     except (ValueError, KeyError, TypeError):
         known = {}
     for item in manifest["downloads"]:

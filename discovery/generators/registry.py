@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from discovery.errors import UserError
-from discovery.registry import Registry
+from discovery.registry import Registry, explicit_keywords
 
 ENTRY_POINT_GROUP = "saliency.generators"
 
@@ -150,17 +150,6 @@ def _load_factory(spec: str) -> Callable:
     return factory
 
 
-def _explicit_keywords(function: Callable) -> set[str] | None:
-    """The keyword options a builder names, or None when it takes any (``**kwargs``)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
 def canonical_name(name: str) -> str:
     """The name under which a generator is recorded in files: file plugins get an absolute path."""
     target, sep, attribute = name.rpartition(":")
@@ -191,7 +180,7 @@ def create_generator(name: str, weights: str | Path | None = None, device="cpu",
     if weights is not None and not takes_weights:
         raise UserError(f"--weights {weights}: generator {entry.name!r} takes no weights")
     options = {**entry.defaults, **{k: v for k, v in kwargs.items() if v is not None}}
-    accepted = _explicit_keywords(entry.builder)
+    accepted = explicit_keywords(entry.builder)
     if accepted is not None:
         refused = [k for k in options if k not in accepted]
         if refused:

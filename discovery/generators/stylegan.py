@@ -14,6 +14,7 @@ is part of w, so the latent alone decides the image; in Z it is the generator's 
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -57,7 +58,7 @@ class StyleGANGenerator(LatentGenerator):
         if noise_mode not in NOISE_MODES:
             raise UserError(f"--noise-mode {noise_mode!r}: expected one of {', '.join(NOISE_MODES)}")
         truncation = float(truncation)
-        if not torch.isfinite(torch.tensor(truncation)):
+        if not math.isfinite(truncation):
             raise UserError(f"--truncation {truncation}: must be a finite number (psi; 1 = no truncation)")
         self.network = network
         self.space, self.truncation, self.noise_mode = space, truncation, noise_mode
@@ -69,23 +70,18 @@ class StyleGANGenerator(LatentGenerator):
         self.conditional = self.c_dim > 0 and space == "z"
         if classes is not None and self.c_dim == 0:
             raise UserError(f"--classes {classes}: this {architecture} pickle is unconditional")
-        self.classes = None
+        self.policy = None
         if self.c_dim > 0:
-            from discovery.imagenet import parse_classes
+            from discovery.imagenet import ClassPolicy
 
-            self.classes = parse_classes(classes, num_classes=self.c_dim, names=False)
+            self.policy = ClassPolicy(classes, self.c_dim, names=False)  # dataset label indices, not ImageNet names
+        self.classes = self.policy.indices if self.policy is not None else None
         if space == "z":
             self.ganspace_layer = f"network.mapping.fc{network.mapping.num_layers - 1}"
         else:
             self.ganspace_layer = "latent"  # GANSpace's own choice for StyleGAN: PCA of sampled w
 
     # --- latents -----------------------------------------------------------------------------------
-
-    def _draw_classes(self, n: int, generator) -> torch.Tensor:
-        if self.classes is None:
-            return torch.randint(0, self.c_dim, (n,), generator=generator)
-        pick = torch.randint(0, len(self.classes), (n,), generator=generator)
-        return torch.tensor(self.classes, dtype=torch.int64)[pick]
 
     def _one_hot(self, labels) -> torch.Tensor | None:
         if self.c_dim == 0:
@@ -99,7 +95,7 @@ class StyleGANGenerator(LatentGenerator):
         z = torch.randn(n, self.z_dim, generator=generator)
         if self.space == "z":
             return z.to(self.device)
-        labels = self._draw_classes(n, generator) if self.c_dim > 0 else None
+        labels = self.policy.sample(n, generator) if self.c_dim > 0 else None
         with torch.no_grad():
             ws = self.network.mapping(z.to(self.device), self._one_hot(labels) if labels is not None else None,
                                       truncation_psi=self.truncation)
@@ -108,7 +104,7 @@ class StyleGANGenerator(LatentGenerator):
     def sample_condition(self, n: int, generator: torch.Generator | None = None):
         if not self.conditional:
             return None
-        return self._draw_classes(n, generator).to(self.device)
+        return self.policy.sample(n, generator).to(self.device)
 
     def ws(self, latent: torch.Tensor, condition=None) -> torch.Tensor:
         """The (N, num_ws, w_dim) intermediate latents the synthesis network gets for ``latent``."""

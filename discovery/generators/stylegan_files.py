@@ -21,8 +21,6 @@ import collections
 import io
 import pickle
 import re
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +133,7 @@ class StyleGANCheckpoint:
     estimate_w_avg: bool = False  # the file has no w_avg (rosinality training checkpoints)
 
     def build(self):
+        from discovery.checkpoints import load_state_dict_strict
         from discovery.generators.stylegan2 import StyleGAN2Generator
         from discovery.generators.stylegan3 import StyleGAN3Generator
 
@@ -143,24 +142,14 @@ class StyleGANCheckpoint:
             module = cls(**self.kwargs)
         except (TypeError, ValueError) as exc:
             raise UserError(f"{self.source} {self.architecture}: cannot build the network from its recorded settings ({exc})") from None
-        own = module.state_dict()
-        missing = sorted(set(own) - set(self.state_dict))
-        unexpected = sorted(set(self.state_dict) - set(own))
-        wrong = [k for k in own if k in self.state_dict and tuple(own[k].shape) != tuple(self.state_dict[k].shape)]
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing {', '.join(missing[:4])}" + (f" (+{len(missing) - 4})" if len(missing) > 4 else ""))
-            if unexpected:
-                parts.append(f"unexpected {', '.join(unexpected[:4])}" + (f" (+{len(unexpected) - 4})" if len(unexpected) > 4 else ""))
-            if wrong:
-                k = wrong[0]
-                parts.append(f"{k} has shape {tuple(self.state_dict[k].shape)}, expected {tuple(own[k].shape)}")
-            raise UserError(f"{self.source} {self.architecture}: the weights do not fit the recorded architecture ({'; '.join(parts)})")
         for key, value in self.state_dict.items():
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise UserError(f"{self.source} {self.architecture}: {key} holds NaN or infinite values")
-        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}, strict=True)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            load_state_dict_strict(module, state, expected=f"the {self.architecture} network its recorded settings describe")
+        except UserError as exc:
+            raise UserError(f"{self.source}: {str(exc).removeprefix('state dict: ')}") from None
         if self.estimate_w_avg:
             with torch.no_grad():  # rosinality's mean_latent: the mean of mapped latents, here 10,000 with a fixed seed
                 z = torch.randn(10_000, module.z_dim, generator=torch.Generator().manual_seed(0))
@@ -277,20 +266,6 @@ def read_network_pickle(path: Path, network_key: str = "G_ema") -> StyleGANCheck
 # --- rosinality checkpoints -----------------------------------------------------------------------------------
 
 
-def _load_torch_checkpoint(path: Path) -> dict:
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's note on pickle protocols is not the user's concern
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: refused to load: {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: the checkpoint holds a {type(data).__name__}; expected a dict with g_ema")
-    return data
-
-
 def _rosinality_to_nvlabs(state: dict, where: str) -> tuple[dict, dict]:
     """Rename a rosinality ``g_ema`` state dict onto the NVlabs StyleGAN2 layout; return (state, architecture facts)."""
     n_mlp = sum(1 for k in state if re.fullmatch(r"style\.\d+\.weight", k))
@@ -346,7 +321,9 @@ def _rosinality_to_nvlabs(state: dict, where: str) -> tuple[dict, dict]:
 
 def read_rosinality(path: Path, network_key: str = "g_ema", *, size: int | None = None, style_dim: int | None = None,
                     channel_multiplier: int | None = None, n_mlp: int | None = None) -> StyleGANCheckpoint:
-    data = _load_torch_checkpoint(path)
+    from discovery.checkpoints import read_checkpoint
+
+    data = read_checkpoint(path, "a rosinality StyleGAN2 checkpoint (a dict with g_ema)", allowed_globals=(argparse.Namespace,))
     if network_key not in data and data and all(isinstance(v, torch.Tensor) for v in data.values()):
         data = {network_key: data}  # a bare generator state dict
     if network_key not in data:
