@@ -397,6 +397,7 @@ def evaluate(
     device=None,                      # checkpoint: None / "auto": CUDA when present
     refine: str = "none",             # checkpoint / baseline: refine each map with its photo (saliency.refine: bilateral, crf, components)
     refine_options: dict | None = None,  # that method's options
+    tta: str = "none",                # checkpoint: test-time augmentation, "flip" averages with the mirror image
 ) -> dict:
     """The evaluation stage: every metric of the protocol for one source of maps; returns the results."""
     from saliency.datasets import SODDataset, open_dataset
@@ -416,6 +417,12 @@ def evaluate(
         raise UserError("--resize-predictions applies to --predictions only (model and baseline maps are always resized to the mask)")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"--checkpoint {checkpoint}: file not found")
+    from saliency.segmenter import TTA_MODES
+
+    if tta not in TTA_MODES:
+        raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
+    if checkpoint is None and tta != "none":
+        raise UserError("--tta applies to --checkpoint only")
     from saliency.refine import REFINERS, refined
 
     REFINERS.get(refine)
@@ -441,11 +448,11 @@ def evaluate(
         from discovery.runtime import resolve_device
         from saliency.segmenter import load_segmenter
 
-        segmenter = load_segmenter(checkpoint, resolve_device(device))
-        results = evaluate_predictor(refined(segmenter.predict, refine, refine_options), dataset, out,
-                                     name=name or f"segmenter ({Path(checkpoint).name})" + ("" if refine == "none" else f" + {refine}"),
+        segmenter = load_segmenter(checkpoint, resolve_device(device), tta=tta)
+        label = f"segmenter ({Path(checkpoint).name})" + ("" if tta == "none" else f" + {tta} TTA") + ("" if refine == "none" else f" + {refine}")
+        results = evaluate_predictor(refined(segmenter.predict, refine, refine_options), dataset, out, name=name or label,
                                      short_side=short_side or None, save_predictions=save_predictions, normalize=normalize,
-                                     source={"kind": "checkpoint", "path": str(checkpoint), "refine": refine}, **common)
+                                     source={"kind": "checkpoint", "path": str(checkpoint), "refine": refine, "tta": tta}, **common)
     from discovery.runtime import get_logger
 
     m = results["metrics"]

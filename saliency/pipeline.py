@@ -143,7 +143,7 @@ def run_pipeline(config: dict, out_dir: str | Path, *, device: str = "auto", see
     evaluations = {"gan-segmenter": folders["evaluate"] / "gan-segmenter"}
     timings["evaluate"] = _run_stage("evaluate", evaluations["gan-segmenter"], lambda resume: functions["evaluate"](
         out=evaluations["gan-segmenter"], checkpoint=checkpoint, device=device, **evaluate))
-    raw = {k: v for k, v in evaluate.items() if k not in ("refine", "refine_options")}  # baselines as they are
+    raw = {k: v for k, v in evaluate.items() if k not in ("refine", "refine_options", "tta")}  # baselines as they are
     for baseline in baselines:
         evaluations[baseline] = folders["evaluate"] / baseline
         timings[f"evaluate {baseline}"] = _run_stage("evaluate", evaluations[baseline], lambda resume, b=baseline: functions["evaluate"](

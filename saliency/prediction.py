@@ -121,6 +121,7 @@ def predict(
     short_side="auto",                # predict at this shorter side ("auto": the checkpoint's training size; None: full size)
     refine: str = "none",             # saliency.refine method: none, bilateral, crf, components
     refine_options: dict | None = None,  # that method's options
+    tta: str = "none",                # test-time augmentation: "flip" averages with the mirror image (twice the model time)
     batch_size: int = 8,              # photos of one size per forward pass
     recursive: bool = False,          # folders: their sub-folders too
     skip_existing: bool = False,      # keep photos whose outputs all exist (continue an interrupted run)
@@ -134,7 +135,7 @@ def predict(
     from discovery.runtime import progress_bar
     from saliency.pairs import encode_png
     from saliency.refine import REFINERS
-    from saliency.segmenter import Segmenter, load_segmenter
+    from saliency.segmenter import TTA_MODES, Segmenter, load_segmenter
 
     # Check the request before anything is loaded or written.
     types = parse_types(types)
@@ -147,6 +148,8 @@ def predict(
     if short_side not in ("auto", None) and int(short_side) < 0:
         raise UserError(f"--short-side {short_side}: must be positive (0: full size)")
     REFINERS.get(refine)
+    if tta not in TTA_MODES:
+        raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
     photos = collect_inputs(inputs, recursive)
     out = Path(out)
     targets = [output_paths(out, relative, photo.stem, types) for photo, relative in photos]
@@ -163,7 +166,12 @@ def predict(
     for folder, names in _by_folder(targets).items():  # what a killed run left of these outputs, nothing else
         if folder.is_dir():
             remove_stale_temporaries(folder, names, recursive=False)
-    segmenter = checkpoint if isinstance(checkpoint, Segmenter) else load_segmenter(checkpoint, device if device is not None else "auto")
+    if isinstance(checkpoint, Segmenter):
+        segmenter = checkpoint
+        if tta != "none" and segmenter.tta != tta:
+            raise UserError(f"--tta {tta}: the segmenter given was built with tta={segmenter.tta!r}")
+    else:
+        segmenter = load_segmenter(checkpoint, device if device is not None else "auto", tta=tta)
     side = segmenter.resolve_short_side(short_side)
 
     previous = {}
@@ -175,7 +183,7 @@ def predict(
     record: dict = {
         "checkpoint": str(checkpoint) if not isinstance(checkpoint, Segmenter) else "(in memory)",
         "settings": {"types": list(types), "threshold": float(threshold), "soft_alpha": bool(soft_alpha), "short_side": side,
-                     "refine": refine, "refine_options": dict(refine_options or {})},
+                     "refine": refine, "refine_options": dict(refine_options or {}), "tta": segmenter.tta},
         "inputs": [], "failures": [], "skipped": 0,
     }
     todo = []

@@ -29,6 +29,7 @@ TRAINING_FORMAT = "saliency.segmenter-training/1"  # checkpoint.pt of a run; loa
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 # smp encoders expect ImageNet statistics; we keep them for random init too so that
 # `--encoder-weights imagenet` and random init share one input convention.
+TTA_MODES = ("none", "flip")  # test-time augmentation of Segmenter: none, or averaging with the mirror image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _SUGGESTED_ENCODERS = "resnet18, resnet34, mobilenet_v2, efficientnet-b0 or tu-<any timm model>"
@@ -215,9 +216,15 @@ class Segmenter:
     """A trained UNet ready for inference on images of any size.
 
     ``predict(image)`` takes a path, a PIL image or an array and returns the saliency map in [0, 1]
-    at the image's own size; ``short_side="auto"`` predicts at the training resolution."""
+    at the image's own size; ``short_side="auto"`` predicts at the training resolution.
+    ``tta="flip"`` averages the logits of each image and its mirror image (one more forward pass):
+    the segmenter's errors are not mirror-symmetric, its object is."""
 
-    def __init__(self, model: nn.Module, config: dict, device: torch.device | str = "cpu", manifest: dict | None = None):
+    def __init__(self, model: nn.Module, config: dict, device: torch.device | str = "cpu", manifest: dict | None = None,
+                 tta: str = "none"):
+        if tta not in TTA_MODES:
+            raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
+        self.tta = tta
         self.device = torch.device(device)
         self.model = unwrap(model).to(self.device).eval()
         self.config = dict(config)
@@ -262,7 +269,10 @@ class Segmenter:
         # shape would be benchmarked first, seconds per image on a GPU. Off for inference.
         autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
         try:
-            return self.model(x)
+            logits = self.model(x)
+            if self.tta == "flip":  # the padding moves to the left in the mirror image and back to the right after
+                logits = (logits + self.model(x.flip(-1)).flip(-1)) / 2
+            return logits
         finally:
             torch.backends.cudnn.benchmark = autotune
 
@@ -301,7 +311,7 @@ class Segmenter:
         return results  # type: ignore[return-value]
 
 
-def load_segmenter(path: str | Path, device="cpu") -> Segmenter:
+def load_segmenter(path: str | Path, device="cpu", tta: str = "none") -> Segmenter:
     """Read ``segmenter.pt`` (or a training ``checkpoint.pt``); any unusable file is a one-line UserError."""
     from discovery.checkpoints import load_state_dict_strict, read_checkpoint
 
@@ -327,4 +337,4 @@ def load_segmenter(path: str | Path, device="cpu") -> Segmenter:
         from discovery.runtime import resolve_device
 
         device = resolve_device(device)
-    return Segmenter(model, config, device, manifest=data.get("manifest"))
+    return Segmenter(model, config, device, manifest=data.get("manifest"), tta=tta)

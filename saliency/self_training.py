@@ -119,6 +119,7 @@ def self_train(
     list_file=None,                   # only the photos named here (one stem a line), e.g. an unlabelled train split
     rounds: int = 2,                  # label -> fine-tune rounds
     refine: str = "bilateral",        # refinement of the labels (saliency.refine)
+    tta: str = "none",                # test-time augmentation of the labelling ("flip": averaged with the mirror image)
     keep: float = 0.5,                # share of the photos kept as labels, most confident first
     min_area: float = 0.05,           # labels covering less of the photo are implausible ...
     max_area: float = 0.8,            # ... and so are those covering more
@@ -152,6 +153,10 @@ def self_train(
     if not 0 <= min_area < max_area <= 1:
         raise UserError(f"--min-area {min_area} / --max-area {max_area}: need 0 <= min < max <= 1")
     REFINERS.get(refine)
+    from saliency.segmenter import TTA_MODES
+
+    if tta not in TTA_MODES:
+        raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
     out = Path(out)
     ensure_fresh_output(out, resume, SETTINGS)
     from discovery.generators.horse_training import list_training_images
@@ -169,7 +174,7 @@ def self_train(
     settings = {
         "checkpoint": str(Path(checkpoint).resolve()), "images": str(Path(images).resolve()),
         "list_file": str(Path(list_file).resolve()) if list_file else None, "photos": [p.name for p in photos],
-        "refine": refine, "keep": keep, "min_area": min_area, "max_area": max_area,
+        "refine": refine, "tta": tta, "keep": keep, "min_area": min_area, "max_area": max_area,
         "synthetic": str(Path(synthetic).resolve()) if synthetic else None, "synthetic_pairs": synthetic_pairs, "steps": steps,
         "batch_size": batch_size, "lr": lr, "image_size": image_size, "label_side": label_side, "short_side": short_side,
         "val_fraction": val_fraction, "seed": seed,
@@ -193,7 +198,7 @@ def self_train(
         if (folder / "labels.json").is_file():
             labels = read_json(folder / "labels.json")
         else:
-            segmenter = load_segmenter(current, device)
+            segmenter = load_segmenter(current, device, tta=tta)
             labels = label_photos(segmenter, photos, labelled, refine=refine, short_side=short_side, label_side=label_side, keep=keep,
                                   min_area=min_area, max_area=max_area, progress=progress)
             kept_scores = [s for s in labels["scores"] if s["key"] in set(labels["kept"])]

@@ -13,6 +13,7 @@ results.md, pr_curve.png, f_threshold.png, worst_best.png and summary.json.
 downloaded from the official site when missing and online) or any folder with an image and a mask
 sub-folder matched by file stem. --predictions maps are matched to the masks by file stem too."""
 
+from saliency.commands.common import add_tta_argument
 from saliency.commands.registry import register_command
 
 DEFAULT_OUT = "outputs/evaluate"
@@ -39,6 +40,7 @@ def add_arguments(parser):
 
     parser.add_argument("--refine", choices=REFINERS.names(), default="none",
                         help="--checkpoint/--baseline: refine each map with its photo (default: none, the papers' protocol)")
+    add_tta_argument(parser, "--checkpoint's maps")
 
 
 def run(args):
@@ -49,6 +51,7 @@ def run(args):
         split=args.split, name=args.name, short_side=args.short_side, save_predictions=args.save_predictions,
         resize_predictions=args.resize_predictions, normalize="minmax" if args.minmax_normalize else "none", workers=args.workers,
         download=not args.no_download, progress=not args.no_progress, device=args.device, refine=args.refine,
+        tta=args.tta,
     )
 
 

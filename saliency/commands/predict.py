@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from saliency.commands.common import add_tta_argument
 from saliency.commands.registry import register_command
 
 NAME = "predict"
@@ -32,6 +33,7 @@ def add_arguments(parser):
                         help="predict at this shorter side (default: the checkpoint's training resolution; 0: full size)")
     parser.add_argument("--refine", choices=REFINERS.names(), default="none",
                         help="refine each map with the photo (bilateral solver, dense CRF, largest components)")
+    add_tta_argument(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="photos of one size per forward pass")
     parser.add_argument("--recursive", action="store_true", help="folders: include their sub-folders")
     parser.add_argument("--skip-existing", action="store_true", help="skip photos whose outputs all exist (continue an interrupted run)")
@@ -44,7 +46,7 @@ def run(args):
 
     saliency.predict(
         args.inputs, checkpoint=args.checkpoint, out=args.out, types=args.types, threshold=args.threshold, soft_alpha=args.soft_alpha,
-        short_side="auto" if args.short_side is None else (args.short_side or None), refine=args.refine, batch_size=args.batch_size,
+        short_side="auto" if args.short_side is None else (args.short_side or None), refine=args.refine, tta=args.tta, batch_size=args.batch_size,
         recursive=args.recursive, skip_existing=args.skip_existing, workers=args.workers, device=args.device, progress=args.progress,
     )
 

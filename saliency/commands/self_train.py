@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from saliency.commands.common import add_tta_argument
 from saliency.commands.registry import register_command
 
 NAME = "self-train"
@@ -23,6 +24,7 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--rounds", type=int, default=2, help="label -> fine-tune rounds")
     parser.add_argument("--refine", choices=REFINERS.names(), default="bilateral", help="refinement of the labels")
+    add_tta_argument(parser, "the labelling")
     parser.add_argument("--keep", type=float, default=0.5, help="share of the photos kept as labels, most confident first")
     parser.add_argument("--min-area", type=float, default=0.05, help="labels covering this share of the photo or less are dropped")
     parser.add_argument("--max-area", type=float, default=0.8, help="labels covering this share or more are dropped")
@@ -41,7 +43,7 @@ def run(args):
     import saliency
 
     saliency.self_train(
-        args.checkpoint, args.images, args.out, list_file=args.list_file, rounds=args.rounds, refine=args.refine, keep=args.keep,
+        args.checkpoint, args.images, args.out, list_file=args.list_file, rounds=args.rounds, refine=args.refine, tta=args.tta, keep=args.keep,
         min_area=args.min_area, max_area=args.max_area, synthetic=args.synthetic, synthetic_pairs=args.synthetic_pairs, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, seed=args.seed, device=args.device, workers=args.workers,
         resume=args.resume, progress=args.progress,
