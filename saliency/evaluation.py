@@ -423,9 +423,9 @@ def evaluate(
         raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
     if checkpoint is None and tta != "none":
         raise UserError("--tta applies to --checkpoint only")
-    from saliency.refine import REFINERS, refined
+    from saliency.refine import refined, require_refiner
 
-    REFINERS.get(refine)
+    require_refiner(refine)
     if predictions is not None and refine != "none":
         raise UserError("--refine applies to --checkpoint and --baseline (saved maps are scored as they are)")
     if not isinstance(dataset, SODDataset):

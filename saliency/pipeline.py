@@ -92,6 +92,10 @@ def validate_config(config, source: str = "config") -> dict:
         missing = [k for k in required if k not in config[stage]]
         if missing:
             raise UserError(f"{source}: section {stage}: missing {', '.join(missing)}")
+        if "refine" in config[stage]:  # a refiner whose package is missing fails now, not after an hour of training
+            from saliency.refine import require_refiner
+
+            require_refiner(config[stage]["refine"])
     return config
 
 

@@ -134,7 +134,7 @@ def predict(
     from discovery.io import atomic_write_bytes, check_writable, read_json, run_manifest, write_json
     from discovery.runtime import progress_bar
     from saliency.pairs import encode_png
-    from saliency.refine import REFINERS
+    from saliency.refine import REFINERS, require_refiner
     from saliency.segmenter import TTA_MODES, Segmenter, load_segmenter
 
     # Check the request before anything is loaded or written.
@@ -147,7 +147,7 @@ def predict(
         raise UserError(f"--workers {workers}: must be at least 1")
     if short_side not in ("auto", None) and int(short_side) < 0:
         raise UserError(f"--short-side {short_side}: must be positive (0: full size)")
-    REFINERS.get(refine)
+    require_refiner(refine)
     if tta not in TTA_MODES:
         raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
     photos = collect_inputs(inputs, recursive)

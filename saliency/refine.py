@@ -39,6 +39,14 @@ def register_refiner(name: str) -> Callable:
     return REFINERS.register(name)
 
 
+def require_refiner(method: str) -> Callable:
+    """The registered refiner ``method``, run once on a 4 x 4 map first: a refiner whose package is
+    missing (crf without pydensecrf2) is a one-line error before any long work, not after it."""
+    function = REFINERS.get(method)
+    function(np.full((4, 4), 0.5, dtype=np.float32), np.zeros((4, 4, 3), dtype=np.uint8))
+    return function
+
+
 def refine(prob: np.ndarray, image: np.ndarray, method: str = "none", **options) -> np.ndarray:
     """``prob`` refined by the registered ``method`` with the photo ``image`` (same height and width)."""
     function = REFINERS.get(method)

@@ -280,6 +280,21 @@ def test_edge_aware_refiners_snap_the_map_to_the_photos_edges(method):
     assert refined[truth].std() < 0.5 * prob[truth].std() and refined[~truth].std() < 0.5 * prob[~truth].std()
 
 
+def test_a_refiner_without_its_package_stops_before_any_work(checkpoint, photos, tmp_path, monkeypatch, capsys):
+    from saliency.pipeline import load_config, validate_config
+
+    config = load_config(Path(saliency.__file__).parent / "configs" / "demo.yaml")
+    config["evaluate"]["refine"] = "crf"
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # as if pydensecrf2 were not installed
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    code, _, err = _cli(capsys, "predict", photos, "--checkpoint", checkpoint, "--out", tmp_path / "out", "--refine", "crf",
+                        "--device", "cpu", "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "pip install 'saliency[crf]'" in err, err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="pydensecrf2"):
+        validate_config(config)
+
+
 def test_components_keeps_the_largest_object_and_fills_its_holes():
     from saliency.refine import refine
 

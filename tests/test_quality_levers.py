@@ -140,8 +140,8 @@ def test_self_training_never_reads_a_mask_and_resumes_bit_for_bit(segmenter_file
         return original_open(fp, *args, **kwargs)
 
     monkeypatch.setattr(Image, "open", recording_open)
-    options = dict(rounds=2, steps=2, batch_size=4, keep=0.75, min_area=0.0, max_area=1.0, refine="components", val_fraction=0.25,
-                   device="cpu", progress=False)
+    options = dict(rounds=2, steps=2, batch_size=4, keep=0.75, min_area=0.0, max_area=1.0, refine="components", tta="flip",
+                   val_fraction=0.25, device="cpu", progress=False)
     straight = tmp_path / "straight"
     saliency.self_train(segmenter_file, _photo_folder(tmp_path / "a", False) / "images", straight, **options)
     assert not [path for path in opened if "/masks/" in path and "/a/" in path]  # not one mask file opened
@@ -162,3 +162,5 @@ def test_self_training_never_reads_a_mask_and_resumes_bit_for_bit(segmenter_file
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     with pytest.raises(UserError, match="other settings"):
         saliency.self_train(segmenter_file, tmp_path / "a" / "images", split, **{**options, "lr": 0.1}, resume=True)
+    with pytest.raises(UserError, match="tta"):
+        saliency.self_train(segmenter_file, tmp_path / "a" / "images", split, **{**options, "tta": "none"}, resume=True)

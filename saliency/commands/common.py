@@ -115,9 +115,9 @@ def mask_rule_options(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in own if getattr(args, name, None) is not None}
 
 
-def add_tta_argument(parser: argparse.ArgumentParser, what: str = "each photo") -> None:
+def add_tta_argument(parser: argparse.ArgumentParser, what: str = "each photo", default: str = "none") -> None:
     """``--tta``: the Segmenter's test-time augmentation (saliency.segmenter.TTA_MODES)."""
     from saliency.segmenter import TTA_MODES
 
-    parser.add_argument("--tta", choices=TTA_MODES, default="none",
-                        help=f"test-time augmentation of {what}: flip averages the map with the mirror image's (twice the model time; default: none)")
+    parser.add_argument("--tta", choices=TTA_MODES, default=default,
+                        help=f"test-time augmentation of {what}: flip averages the map with the mirror image's (twice the model time; default: {default})")
