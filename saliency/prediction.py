@@ -17,6 +17,7 @@ worker threads while the model runs, and photos of one size share batches.
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import time
@@ -168,8 +169,9 @@ def predict(
             remove_stale_temporaries(folder, names, recursive=False)
     if isinstance(checkpoint, Segmenter):
         segmenter = checkpoint
-        if tta != "none" and segmenter.tta != tta:
-            raise UserError(f"--tta {tta}: the segmenter given was built with tta={segmenter.tta!r}")
+        if tta != "none" and segmenter.tta != tta:  # a copy: the caller's segmenter keeps its own setting
+            segmenter = copy.copy(checkpoint)
+            segmenter.tta = tta
     else:
         segmenter = load_segmenter(checkpoint, device if device is not None else "auto", tta=tta)
     side = segmenter.resolve_short_side(short_side)

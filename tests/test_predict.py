@@ -235,7 +235,7 @@ def test_predict_and_evaluate_give_the_same_maps(checkpoint, tmp_path, capsys):
     assert not np.array_equal(flipped, np.asarray(_png(tmp_path / "pred-none-none" / "horse001_map.png")))
 
 
-def test_flip_tta_is_the_logit_average_with_the_mirror_image(checkpoint):
+def test_flip_tta_is_the_logit_average_with_the_mirror_image(checkpoint, tmp_path):
     rgb = np.asarray(Image.open(HORSES / "images" / "horse001.jpg").convert("RGB").resize((64, 48)))  # a multiple of 8: no padding
     plain, flip = load_segmenter(checkpoint, "cpu"), load_segmenter(checkpoint, "cpu", tta="flip")
     direct, mirrored = plain.predict(rgb, short_side=None), plain.predict(rgb[:, ::-1], short_side=None)[:, ::-1]
@@ -249,6 +249,10 @@ def test_flip_tta_is_the_logit_average_with_the_mirror_image(checkpoint):
     assert np.allclose(averaged, 1 / (1 + np.exp(-(logit(direct) + logit(mirrored)) / 2)), atol=1e-4)
     with pytest.raises(UserError, match="--tta rotate"):
         load_segmenter(checkpoint, "cpu", tta="rotate")
+    # A loaded segmenter handed to predict keeps its own setting; predict's --tta applies to a copy.
+    record = saliency.predict([HORSES / "images" / "horse001.jpg"], checkpoint=plain, out=tmp_path / "out",
+                              types="map", tta="flip", short_side=None, progress=False)
+    assert plain.tta == "none" and record["settings"]["tta"] == "flip"
 
 
 # ----------------------------------------------------------------------------- refinement
