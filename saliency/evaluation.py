@@ -417,10 +417,9 @@ def evaluate(
         raise UserError("--resize-predictions applies to --predictions only (model and baseline maps are always resized to the mask)")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"--checkpoint {checkpoint}: file not found")
-    from saliency.segmenter import TTA_MODES
+    from saliency.segmenter import check_tta
 
-    if tta not in TTA_MODES:
-        raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
+    check_tta(tta)
     if checkpoint is None and tta != "none":
         raise UserError("--tta applies to --checkpoint only")
     from saliency.refine import refined, require_refiner

@@ -136,7 +136,7 @@ def predict(
     from discovery.runtime import progress_bar
     from saliency.pairs import encode_png
     from saliency.refine import REFINERS, require_refiner
-    from saliency.segmenter import TTA_MODES, Segmenter, load_segmenter
+    from saliency.segmenter import Segmenter, check_tta, load_segmenter
 
     # Check the request before anything is loaded or written.
     types = parse_types(types)
@@ -149,8 +149,7 @@ def predict(
     if short_side not in ("auto", None) and int(short_side) < 0:
         raise UserError(f"--short-side {short_side}: must be positive (0: full size)")
     require_refiner(refine)
-    if tta not in TTA_MODES:
-        raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
+    check_tta(tta)
     photos = collect_inputs(inputs, recursive)
     out = Path(out)
     targets = [output_paths(out, relative, photo.stem, types) for photo, relative in photos]

@@ -35,6 +35,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _SUGGESTED_ENCODERS = "resnet18, resnet34, mobilenet_v2, efficientnet-b0 or tu-<any timm model>"
 
 
+def check_tta(tta: str) -> str:
+    """``tta`` itself if it is one of TTA_MODES, else the one-line error naming ``--tta``."""
+    if tta not in TTA_MODES:
+        raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
+    return tta
+
+
 def default_decoder_channels(encoder_depth: int) -> tuple[int, ...]:
     """smp's default decoder widths, cut to the encoder depth (as smp requires one per level)."""
     return DEFAULT_DECODER_CHANNELS[:encoder_depth] if encoder_depth <= 5 else DEFAULT_DECODER_CHANNELS
@@ -222,9 +229,7 @@ class Segmenter:
 
     def __init__(self, model: nn.Module, config: dict, device: torch.device | str = "cpu", manifest: dict | None = None,
                  tta: str = "none"):
-        if tta not in TTA_MODES:
-            raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
-        self.tta = tta
+        self.tta = check_tta(tta)
         self.device = torch.device(device)
         self.model = unwrap(model).to(self.device).eval()
         self.config = dict(config)

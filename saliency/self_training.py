@@ -142,7 +142,7 @@ def self_train(
     from discovery.io import ensure_fresh_output, read_json, run_manifest, write_json
     from discovery.runtime import check_resume, resolve_device
     from saliency.refine import require_refiner
-    from saliency.segmenter import load_segmenter
+    from saliency.segmenter import check_tta, load_segmenter
     from saliency.segmenter_training import train_segmenter
 
     # Check the request.
@@ -153,10 +153,7 @@ def self_train(
     if not 0 <= min_area < max_area <= 1:
         raise UserError(f"--min-area {min_area} / --max-area {max_area}: need 0 <= min < max <= 1")
     require_refiner(refine)
-    from saliency.segmenter import TTA_MODES
-
-    if tta not in TTA_MODES:
-        raise UserError(f"--tta {tta}: expected one of {', '.join(TTA_MODES)}")
+    check_tta(tta)
     out = Path(out)
     ensure_fresh_output(out, resume, SETTINGS)
     from discovery.generators.horse_training import list_training_images
